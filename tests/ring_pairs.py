@@ -1,0 +1,49 @@
+"""Two RingEndpoints over one bytearray, as a vchan server and client would share it."""
+
+from __future__ import annotations
+
+import attrs
+
+from trio_vchan._layout import (
+    CLI_LIVE,
+    CLI_NOTIFY,
+    PAGE_SIZE,
+    SRV_LIVE,
+    Live,
+    NotifyBit,
+    RingOrders,
+    Role,
+    in_page_ring,
+    write_orders,
+)
+from trio_vchan._ring import RingEndpoint
+
+
+@attrs.define
+class RingPair:
+    page: memoryview
+    left: memoryview  # client writes, server reads
+    right: memoryview  # server writes, client reads
+    server: RingEndpoint
+    client: RingEndpoint
+
+
+def _ring(page: memoryview, order: int) -> memoryview:
+    if order < 12:
+        return in_page_ring(page, order)
+    return memoryview(bytearray(1 << order))
+
+
+def make_pair(orders: RingOrders, start_index: int = 0) -> RingPair:
+    """A connected pair, every index starting at ``start_index`` (to exercise 2**32 wrap)."""
+    page = memoryview(bytearray(PAGE_SIZE))
+    write_orders(page, orders)
+    for offset in (0, 4, 8, 12):
+        page[offset : offset + 4] = start_index.to_bytes(4, "little")
+    page[CLI_LIVE] = Live.CONNECTED
+    page[SRV_LIVE] = Live.CONNECTED
+    page[CLI_NOTIFY] = NotifyBit.WRITE
+    left, right = _ring(page, orders.left), _ring(page, orders.right)
+    server = RingEndpoint(page, left, right, Role.SERVER)
+    client = RingEndpoint(page, right, left, Role.CLIENT)
+    return RingPair(page, left, right, server, client)
