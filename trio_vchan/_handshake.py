@@ -1,0 +1,287 @@
+"""Setting up and tearing down a vchan, written only against the backend interface.
+
+Server: bind an unbound event channel for the client, grant the shared page (with unmap-notify
+on ``srv_live``) and the external ring pages, fill in the page, then advertise ``ring-ref`` and
+``event-channel`` under the vchan's XenStore path in one transaction, readable by the client
+only. The server waits for ``cli_live`` to leave 2, then withdraws the advertisement (libxenvchan
+withdraws at close; withdrawing as soon as the client is in means no second client can attach to
+a connected endpoint and nothing stays behind if the server process dies later).
+
+Client: watch ``event-channel`` (no polling), read both keys, bind, map the page (with
+unmap-notify on ``cli_live``), copy and validate the orders and grant refs once, map the rings,
+ask to be told of writes, set ``cli_live = 1`` and notify.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import trio
+
+from ._backend import Backend, check_domid
+from ._errors import ProtocolError, XenStoreError
+from ._layout import (
+    CLI_LIVE,
+    CLI_NOTIFY,
+    PAGE_SIZE,
+    SRV_LIVE,
+    Live,
+    NotifyBit,
+    RingOrders,
+    Role,
+    in_page_ring,
+    read_grants,
+    read_orders,
+    write_grants,
+    write_orders,
+)
+from ._ring import RingEndpoint
+from ._xenstore import XenStoreClient
+from ._xs_wire import Access, Permission, validate_path
+
+if TYPE_CHECKING:
+    from ._backend import EventChannel, Mapping, Share
+
+_PORT_NAME: Final = re.compile(r"[a-zA-Z0-9_-]+\Z")
+_WATCH_TOKEN: Final = "trio-vchan"
+# A cancelled server still withdraws its advertisement, but never waits on XenStore for long.
+_WITHDRAW_TIMEOUT: Final = 5.0
+
+
+def vchan_path(server_domid: int, client_domid: int, port: str | int) -> str:
+    """The XenStore directory of a vchan.
+
+    Args:
+        port: a name matching ``[a-zA-Z0-9_-]+`` (as ocaml-vchan), a non-negative int (written in
+            decimal, as Qubes does), or an absolute XenStore path used as it is (as libxenvchan).
+
+    Raises:
+        TypeError, ValueError: any other port.
+    """
+    check_domid(server_domid, "server_domid")
+    check_domid(client_domid, "client_domid")
+    if isinstance(port, bool) or not isinstance(port, (int, str)):
+        raise TypeError(f"port must be a str or an int, not {type(port).__name__}")
+    if isinstance(port, int):
+        if port < 0:
+            raise ValueError(f"an int port must be >= 0, not {port}")
+        name = str(port)
+    elif port.startswith("/"):
+        try:
+            validate_path(port)
+        except ValueError as exc:
+            raise ValueError(f"port {port!r} is not a valid XenStore path: {exc}") from None
+        return port.rstrip("/")
+    elif _PORT_NAME.match(port):
+        name = port
+    else:
+        raise ValueError(
+            f"port must match [a-zA-Z0-9_-]+, be an int, or be an absolute XenStore path,"
+            f" not {port!r}"
+        )
+    return f"/local/domain/{server_domid}/data/vchan/{client_domid}/{name}"
+
+
+@attrs.define
+class Endpoint:
+    """Everything one side of a vchan holds; ``release()`` gives it all back."""
+
+    role: Role
+    ring: RingEndpoint
+    channel: EventChannel
+    regions: list[Share | Mapping]  # released in reverse order
+    path: str
+
+    def release(self) -> None:
+        """Drop the ring's views, unshare or unmap every region, close the channel."""
+        _release_all(
+            [self.ring.release, *[r.close for r in reversed(self.regions)], self.channel.close]
+        )
+
+
+def _release_all(steps: list[Callable[[], None]]) -> None:
+    """Run every step even if some fail; re-raise the first failure."""
+    first: BaseException | None = None
+    for step in steps:
+        try:
+            step()
+        except BaseException as exc:  # release the rest first
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+async def _open_xenstore(backend: Backend) -> XenStoreClient:
+    return XenStoreClient(await backend.connect_xenstore())
+
+
+# -- server ---------------------------------------------------------------------------------------
+
+
+async def advertise(backend: Backend, client_domid: int, path: str, orders: RingOrders) -> Endpoint:
+    """Grant and fill in the pages, then publish them for ``client_domid`` at ``path``."""
+    cleanup: list[Callable[[], None]] = []
+    try:
+        channel = backend.events.bind_unbound(client_domid)
+        cleanup.append(channel.close)
+        page_share = backend.memory.share(client_domid, 1)
+        cleanup.insert(0, page_share.close)
+        page_share.set_unmap_notify(SRV_LIVE, channel.port)
+        regions: list[Share | Mapping] = [page_share]
+        page = page_share.buffer
+        page[:] = bytes(PAGE_SIZE)
+        write_orders(page, orders)
+        page[CLI_LIVE] = Live.WAITING
+        page[SRV_LIVE] = Live.CONNECTED
+        page[CLI_NOTIFY] = NotifyBit.WRITE
+        rings: list[memoryview] = []
+        refs: list[int] = []
+        for order in (orders.left, orders.right):
+            if order < 12:
+                rings.append(in_page_ring(page, order))
+                continue
+            share = backend.memory.share(client_domid, 1 << (order - 12))
+            cleanup.insert(0, share.close)
+            regions.append(share)
+            refs.extend(share.refs)
+            rings.append(share.buffer[: 1 << order])
+        write_grants(page, refs)
+        ring = RingEndpoint(page[:], read_ring=rings[0], write_ring=rings[1], role=Role.SERVER)
+        cleanup.insert(0, ring.release)
+        await _publish(backend, client_domid, path, page_share.refs[0], channel.port)
+    except BaseException:
+        _release_all(cleanup)
+        raise
+    return Endpoint(Role.SERVER, ring, channel, regions, path)
+
+
+async def _publish(backend: Backend, client_domid: int, path: str, ref: int, port: int) -> None:
+    perms = [Permission(Access.NONE, backend.domid), Permission(Access.READ, client_domid)]
+    entries = {"ring-ref": ref, "event-channel": port}
+    async with await _open_xenstore(backend) as xs:
+        while True:  # one transaction, so that a watching client never sees half of it
+            tx = await xs.transaction_start()
+            try:
+                for key, value in entries.items():
+                    await xs.write(f"{path}/{key}", str(value).encode(), tx=tx)
+                    await xs.set_perms(f"{path}/{key}", perms, tx=tx)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await xs.transaction_end(tx, commit=False)
+                raise
+            try:
+                await xs.transaction_end(tx, commit=True)
+            except XenStoreError as exc:
+                if exc.errno != errno.EAGAIN:
+                    raise
+                continue
+            return
+
+
+async def withdraw(backend: Backend, path: str) -> None:
+    """Remove the advertisement; runs to completion (briefly) even in a cancelled scope."""
+    with trio.CancelScope(shield=True), trio.move_on_after(_WITHDRAW_TIMEOUT):
+        async with await _open_xenstore(backend) as xs:
+            for key in ("ring-ref", "event-channel"):
+                await _remove_if_present(xs, f"{path}/{key}")
+            # Also the directories the advertisement created, when nothing else is in them.
+            for directory in _own_directories(backend.domid, path):
+                try:
+                    if await xs.directory(directory):
+                        break
+                    await xs.rm(directory)
+                except XenStoreError as exc:
+                    if exc.errno not in (errno.ENOENT, errno.EACCES):
+                        raise
+                    break
+
+
+def _own_directories(server_domid: int, path: str) -> list[str]:
+    """``path`` and its parents below ``/local/domain/<server>/data``, deepest first."""
+    base = f"/local/domain/{server_domid}/data/vchan"
+    if not path.startswith(base + "/"):
+        return [path]
+    parts = path[len(base) + 1 :].split("/")
+    return [base + "/" + "/".join(parts[:n]) for n in range(len(parts), 0, -1)] + [base]
+
+
+async def _remove_if_present(xs: XenStoreClient, path: str) -> None:
+    try:
+        await xs.rm(path)
+    except XenStoreError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
+# -- client ---------------------------------------------------------------------------------------
+
+
+def _parse_advertised(value: bytes, key: str, limit: int) -> int:
+    text = value.decode("ascii", "replace")
+    if not (text.isascii() and text.isdecimal()) or not 0 < int(text) <= limit:
+        raise ProtocolError(f"the server advertised {key} = {text!r}, not a number 1..{limit}")
+    return int(text)
+
+
+async def await_advertisement(backend: Backend, path: str) -> tuple[int, int]:
+    """Wait (watching, not polling) until the server at ``path`` is advertised.
+
+    Returns:
+        ``(ring_ref, port)``.
+    """
+    async with await _open_xenstore(backend) as xs:
+        await xs.watch(f"{path}/event-channel", _WATCH_TOKEN)
+        while True:
+            try:
+                ring_ref = await xs.read(f"{path}/ring-ref")
+                port = await xs.read(f"{path}/event-channel")
+            except XenStoreError as exc:
+                # Not there yet, or not yet readable by us: wait for the next change.
+                if exc.errno not in (errno.ENOENT, errno.EACCES):
+                    raise
+                await xs.next_watch_event()
+                continue
+            return (
+                _parse_advertised(ring_ref, "ring-ref", 0xFFFF_FFFF),
+                _parse_advertised(port, "event-channel", 0x7FFF_FFFF),
+            )
+
+
+async def attach(backend: Backend, server_domid: int, path: str) -> Endpoint:
+    """Connect as the client to the server advertised at ``path``."""
+    ring_ref, port = await await_advertisement(backend, path)
+    cleanup: list[Callable[[], None]] = []
+    try:
+        channel = backend.events.bind_interdomain(server_domid, port)
+        cleanup.append(channel.close)
+        page_map = backend.memory.map(server_domid, [ring_ref], writable=True)
+        cleanup.insert(0, page_map.close)
+        page_map.set_unmap_notify(CLI_LIVE, channel.port)
+        regions: list[Share | Mapping] = [page_map]
+        page = page_map.buffer
+        orders = read_orders(page)  # copied once, validated
+        grants = read_grants(page, orders)
+        rings: list[memoryview] = []
+        for order, refs, writable in zip(
+            (orders.left, orders.right), grants, (True, False), strict=True
+        ):
+            if order < 12:
+                rings.append(in_page_ring(page, order))
+                continue
+            mapping = backend.memory.map(server_domid, refs, writable=writable)
+            cleanup.insert(0, mapping.close)
+            regions.append(mapping)
+            rings.append(mapping.buffer[: 1 << order])
+        ring = RingEndpoint(page[:], read_ring=rings[1], write_ring=rings[0], role=Role.CLIENT)
+        cleanup.insert(0, ring.release)
+        ring.request_data_notify()  # as libxenvchan's srv_notify = VCHAN_NOTIFY_WRITE
+        ring.set_live(Live.CONNECTED)
+        channel.notify()
+    except BaseException:
+        _release_all(cleanup)
+        raise
+    return Endpoint(Role.CLIENT, ring, channel, regions, path)

@@ -1,0 +1,253 @@
+"""VchanStream (a trio.abc.Stream over a connected vchan) and VchanListener.
+
+Theory of operation
+-------------------
+The sans-IO :class:`~trio_vchan._ring.RingEndpoint` decides; this module waits and sends events.
+Every blocking call follows one pattern: take a notifier token, look at the shared memory, act
+if possible, else ask the peer for an event (``request_*_notify``, which re-checks the ring
+after posting the request) and wait for a generation newer than the token. Because the token is
+taken before the look, an event that arrives in between is never lost.
+
+End of stream: a peer that closes first writes its last data, then sets its live byte to 0. We
+read the live byte *before* reading the ring, so "exited and the ring is empty" really means
+every byte written before the close has been delivered.
+
+A :class:`~trio_vchan.ProtocolError` from the core (a hostile or broken page) breaks the stream
+for good; callers see :class:`trio.BrokenResourceError` caused by it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar, final
+
+import trio
+
+from ._errors import ProtocolError
+from ._layout import Live, Role
+from ._notify import Notifier
+
+if TYPE_CHECKING:
+    from ._handshake import Endpoint
+    from ._ring import ReadResult, WriteResult
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+DEFAULT_RECEIVE_SIZE: Final = 65536
+
+
+class _ConflictDetector:
+    """Raises BusyResourceError when two tasks use one direction at once."""
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._held = False
+
+    def __enter__(self) -> None:
+        if self._held:
+            raise trio.BusyResourceError(self._message)
+        self._held = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held = False
+
+
+def _check_max_bytes(max_bytes: int | None) -> int:
+    if max_bytes is None:
+        return DEFAULT_RECEIVE_SIZE
+    max_bytes = operator.index(max_bytes)
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be >= 1 or None, not {max_bytes}")
+    return max_bytes
+
+
+@final
+class VchanStream(trio.abc.Stream):
+    """A connected vchan endpoint: a :class:`trio.abc.Stream` (vchan has no half-close).
+
+    Obtain one from :func:`trio_vchan.serve`, :func:`trio_vchan.connect` or
+    :class:`trio_vchan.VchanListener`.
+    """
+
+    __module__ = "trio_vchan"
+
+    def __init__(self, endpoint: Endpoint, on_close: Callable[[], None] = lambda: None) -> None:
+        self._endpoint = endpoint
+        self._ring = endpoint.ring
+        self._channel = endpoint.channel
+        self._notifier = Notifier(endpoint.channel)
+        self._on_close = on_close
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._send_conflict = _ConflictDetector("another task is already sending on this vchan")
+        self._receive_conflict = _ConflictDetector(
+            "another task is already receiving on this vchan"
+        )
+
+    @property
+    def role(self) -> Role:
+        """Whether this end is the server or the client."""
+        return self._endpoint.role
+
+    @property
+    def path(self) -> str:
+        """The vchan's XenStore directory."""
+        return self._endpoint.path
+
+    # -- guarded access to the core -----------------------------------------------------------
+
+    def _check_status(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this vchan was already closed")
+        if self._broken is not None:
+            raise trio.BrokenResourceError("this vchan is broken") from self._broken
+
+    def _guard(self, operation: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run a core or backend operation; a protocol or OS error breaks the stream."""
+        self._check_status()
+        try:
+            return operation(*args, **kwargs)
+        except (ProtocolError, OSError) as exc:
+            self._broken = exc
+            what = "broke the vchan protocol" if isinstance(exc, ProtocolError) else "failed"
+            raise trio.BrokenResourceError(f"the vchan {what}: {exc}") from exc
+
+    def _notify_peer(self) -> None:
+        self._guard(self._channel.notify)
+
+    def peer_live(self) -> Live:
+        """The peer's state as its live byte says now.
+
+        Raises:
+            trio.ClosedResourceError: after :meth:`aclose`.
+            trio.BrokenResourceError: the byte holds a value the protocol does not allow.
+        """
+        return self._guard(self._ring.peer_live)
+
+    @property
+    def data_ready(self) -> int:
+        """Bytes that :meth:`receive_some` can return now without waiting."""
+        return self._guard(self._ring.data_ready)
+
+    @property
+    def buffer_space(self) -> int:
+        """Bytes that can be written into the ring now without waiting."""
+        return self._guard(self._ring.buffer_space)
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """Wait until data is there, then return up to ``max_bytes`` of it.
+
+        Returns ``b""`` at end of stream: the peer closed and everything it wrote before was
+        received.
+
+        Raises:
+            trio.BusyResourceError: another task is receiving.
+            trio.ClosedResourceError: this stream was closed (before or during the call).
+            trio.BrokenResourceError: the peer broke the protocol or the platform failed.
+        """
+        with self._receive_conflict:
+            limit = _check_max_bytes(max_bytes)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while True:
+                token = self._notifier.token()  # before looking: no lost wake-ups
+                exited = self.peer_live() is Live.EXITED  # read before the ring
+                result: ReadResult = self._guard(self._ring.read, limit)
+                if result.notify_peer:
+                    self._notify_peer()
+                if result.data or exited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return result.data
+                if not self._guard(self._ring.request_data_notify):
+                    await self._wait(token)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Write all of ``data``, waiting for ring space as often as needed.
+
+        Raises:
+            trio.BusyResourceError: another task is sending.
+            trio.ClosedResourceError: this stream was closed (before or during the call).
+            trio.BrokenResourceError: the peer closed the vchan or broke the protocol.
+        """
+        with self._send_conflict:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            with memoryview(data) as source, source.cast("B") as view:
+                remaining = view
+                while True:
+                    token = self._notifier.token()
+                    self._check_status()
+                    if not remaining:
+                        break
+                    if self.peer_live() is Live.EXITED:
+                        raise trio.BrokenResourceError("peer closed the vchan")
+                    result: WriteResult = self._guard(self._ring.write, remaining)
+                    if result.notify_peer:
+                        self._notify_peer()
+                    remaining = remaining[result.accepted :]
+                    if result.accepted or not remaining:
+                        continue
+                    if not self._guard(self._ring.request_space_notify):
+                        await self._wait(token)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Return once there is space in the ring (or the peer has gone, so sending fails fast).
+
+        Raises:
+            trio.BusyResourceError: another task is sending or waiting to send.
+            trio.ClosedResourceError: this stream was closed.
+        """
+        with self._send_conflict:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while True:
+                token = self._notifier.token()
+                if self.peer_live() is Live.EXITED or self.buffer_space > 0:
+                    break
+                if self._guard(self._ring.request_space_notify):
+                    break
+                await self._wait(token)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_for_client(self) -> None:
+        """Server side of the handshake: return once the client has set ``cli_live``."""
+        while True:
+            token = self._notifier.token()
+            if self.peer_live() is not Live.WAITING:
+                return
+            await self._wait(token)
+
+    async def _wait(self, token: int) -> None:
+        try:
+            await self._notifier.wait(after=token)
+        except trio.ClosedResourceError:
+            raise trio.ClosedResourceError("this vchan was already closed") from None
+
+    # -- closing -------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close this end: tell the peer, then release the pages, ports and advertisement.
+
+        Idempotent; a cancelled ``aclose`` still releases everything. The peer can still read
+        what was written before the close.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            self._notifier.close()  # waiting tasks get ClosedResourceError
+            try:
+                self._ring.set_live(Live.EXITED)
+                self._channel.notify()
+            except OSError:
+                pass  # the peer is gone already; the release below still runs
+        finally:
+            try:
+                self._endpoint.release()
+            finally:
+                self._on_close()
+        await trio.lowlevel.checkpoint()
