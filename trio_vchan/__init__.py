@@ -7,6 +7,7 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import XenStoreError as XenStoreError
 from ._version import __version__ as __version__
 from ._api import VchanListener as VchanListener
+from ._backend import Backend as Backend
 from ._api import connect as connect
 from ._api import open_vchan_stream as open_vchan_stream
 from ._api import serve as serve

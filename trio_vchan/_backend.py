@@ -116,7 +116,13 @@ class GrantMemory(Protocol):
 
 @attrs.frozen
 class Backend:
-    """A domain's platform: who it is, its event channels, grants and XenStore."""
+    """A domain's platform: who it is, its event channels, grants and XenStore.
+
+    Get one from a simulated host (:meth:`trio_vchan.sim.SimulatedHost.backend`) or let
+    trio-vchan choose (``backend=None``).
+    """
+
+    __module__ = "trio_vchan"
 
     domid: int
     events: EventChannels

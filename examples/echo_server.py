@@ -1,0 +1,32 @@
+"""Echo every byte back, to several client domains at once, until interrupted.
+
+    python examples/echo_server.py PORT DOMID [DOMID ...]
+
+Run it inside a domain (on Xen, or on a simulated host: ``trio-vchan sim -- python ...``).
+Each listed domain may connect, disconnect and reconnect; every connection gets its own task.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+
+import trio_vchan
+
+
+async def echo(stream: trio_vchan.VchanStream) -> None:
+    async with stream:
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+
+
+async def main(port: str, client_domids: list[int]) -> None:
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio_vchan.serve_vchan, echo, client_domids, port)
+        print(f"echoing on {port!r} for domains {[lst.client_domid for lst in listeners]}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    trio.run(main, sys.argv[1], [int(d) for d in sys.argv[2:]])
