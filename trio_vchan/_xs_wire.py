@@ -86,7 +86,7 @@ ERROR_NAMES: Final = (
     "E2BIG",
     "EPERM",
 )
-_ERRNO_BY_NAME: Final = {name: getattr(errno, name) for name in ERROR_NAMES}
+_ERRNO_BY_NAME: Final[dict[str, int]] = {name: getattr(errno, name) for name in ERROR_NAMES}
 _NAME_BY_ERRNO: Final = {value: name for name, value in _ERRNO_BY_NAME.items()}
 
 
@@ -157,7 +157,9 @@ class Message:
             ValueError: the payload exceeds :data:`PAYLOAD_MAX` or a field is not a uint32.
         """
         if len(self.payload) > PAYLOAD_MAX:
-            raise ValueError(f"payload must be at most {PAYLOAD_MAX} bytes, not {len(self.payload)}")
+            raise ValueError(
+                f"payload must be at most {PAYLOAD_MAX} bytes, not {len(self.payload)}"
+            )
         return Header(self.type, self.req_id, self.tx_id, len(self.payload)).pack() + self.payload
 
 
@@ -305,9 +307,7 @@ class Permission:
         try:
             access = Access(text[0])
         except ValueError:
-            raise ValueError(
-                f"a permission is one of n/r/w/b and a domid, not {text!r}"
-            ) from None
+            raise ValueError(f"a permission is one of n/r/w/b and a domid, not {text!r}") from None
         return cls(access, int(digits))
 
     def format(self) -> str:
