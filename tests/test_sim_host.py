@@ -1,0 +1,373 @@
+"""The simulated host: event channels and grants between real processes, and in-process."""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+from sim_agent import AgentError, agent
+
+from trio_vchan import BackendUnavailableError
+from trio_vchan._backend import PAGE_SIZE
+from trio_vchan.sim import ENV_DIR, ENV_DOMID, SimEventChannel, SimulatedHost, backend_from_environ
+
+TIMEOUT = 60  # generous: these machines are small and shared
+
+
+@pytest.fixture
+async def host() -> AsyncIterator[SimulatedHost]:
+    async with SimulatedHost() as host:
+        directory = host.directory
+        yield host
+        with trio.fail_after(TIMEOUT):
+            await host.wait_idle()
+        assert host.leaks() == []
+    assert not await trio.Path(directory).exists()
+
+
+def readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+# -- between processes ----------------------------------------------------------------------------
+
+
+async def test_three_domains_share_notify_and_refuse(host: SimulatedHost) -> None:
+    async with (
+        agent(host.environ, 0) as dom0,
+        agent(host.environ, 1) as dom1,
+        agent(host.environ, 2) as dom2,
+    ):
+        channel = await dom0.call("bind_unbound", remote=1)
+        share = await dom0.call("share", remote=1, count=2)
+        peer = await dom1.call("bind_interdomain", remote=0, port=channel["port"])
+        mapping = await dom1.call("map", remote=0, refs=share["refs"], writable=True)
+
+        # pages written in one process are seen in the other, both ways, on both pages
+        await dom1.call("write", id=mapping["id"], offset=PAGE_SIZE + 7, hex=b"hi".hex())
+        got = await dom0.call("read", id=share["id"], offset=PAGE_SIZE + 7, end=PAGE_SIZE + 9)
+        assert got["hex"] == b"hi".hex()
+        await dom0.call("write", id=share["id"], offset=0, hex=b"yo".hex())
+        assert (await dom1.call("read", id=mapping["id"], offset=0, end=2))["hex"] == "796f"
+
+        # a third domain is refused
+        with pytest.raises(AgentError) as refused:
+            await dom2.call("map", remote=0, refs=share["refs"], writable=False)
+        assert refused.value.reply["errno"] == errno.EACCES
+        assert "third domain" in refused.value.reply["message"]
+        await dom2.exit()
+
+        # notify wakes the other process; two notifies coalesce into one consume
+        assert not (await dom1.call("readable", id=peer["id"]))["readable"]
+        await dom0.call("notify", id=channel["id"])
+        await dom0.call("notify", id=channel["id"])
+        await dom1.call("wait", id=peer["id"])
+        await dom1.call("consume", id=peer["id"])
+        assert not (await dom1.call("readable", id=peer["id"]))["readable"]
+        await dom1.call("notify", id=peer["id"])
+        await dom0.call("wait", id=channel["id"])
+        await dom0.call("consume", id=channel["id"])
+
+        # closing a port is seen by the other end
+        assert not (await dom0.call("peer_closed", id=channel["id"]))["peer_closed"]
+        await dom1.call("close", id=peer["id"])
+        await dom0.call("wait", id=channel["id"])
+        assert (await dom0.call("peer_closed", id=channel["id"]))["peer_closed"]
+        await dom0.call("notify", id=channel["id"])  # a no-op now
+        await dom1.call("close", id=mapping["id"])
+        await dom0.call("close", id=share["id"])
+        await dom0.call("close", id=channel["id"])
+        await dom1.exit()
+        await dom0.exit()
+
+
+async def test_sigkill_performs_unmap_notify(host: SimulatedHost) -> None:
+    """The client dies holding a mapping with an unmap-notify (as libxenvchan's cli_live)."""
+    async with agent(host.environ, 0) as server, agent(host.environ, 1) as client:
+        channel = await server.call("bind_unbound", remote=1)
+        share = await server.call("share", remote=1, count=1)
+        await server.call("write", id=share["id"], offset=20, hex="01")
+        peer = await client.call("bind_interdomain", remote=0, port=channel["port"])
+        mapping = await client.call("map", remote=0, refs=share["refs"], writable=True)
+        await client.call("unmap_notify", id=mapping["id"], offset=20, port=peer["port"])
+        await client.kill()
+        await server.call("wait", id=channel["id"])
+        assert (await server.call("read", id=share["id"], offset=20, end=21))["hex"] == "00"
+        assert (await server.call("peer_closed", id=channel["id"]))["peer_closed"]
+        await server.exit()
+
+
+async def test_sigkill_of_the_granting_process(host: SimulatedHost) -> None:
+    """The server dies: its share's unmap-notify clears srv_live in the client's mapping."""
+    local = host.backend(1)
+    async with agent(host.environ, 0) as server:
+        channel = await server.call("bind_unbound", remote=1)
+        share = await server.call("share", remote=1, count=1)
+        await server.call("write", id=share["id"], offset=21, hex="01")
+        await server.call("unmap_notify", id=share["id"], offset=21, port=channel["port"])
+        peer = local.events.bind_interdomain(0, channel["port"])
+        mapping = local.memory.map(0, share["refs"], writable=False)
+        assert mapping.buffer[21] == 1
+        await server.kill()
+        with trio.fail_after(TIMEOUT):
+            await trio.lowlevel.wait_readable(peer.fileno())
+        assert mapping.buffer[21] == 0
+        assert isinstance(peer, SimEventChannel)
+        assert peer.peer_closed
+        mapping.close()
+        peer.close()
+    local.close()
+
+
+# -- in one process -------------------------------------------------------------------------------
+
+
+async def test_event_channel_semantics(host: SimulatedHost) -> None:
+    b0, b1 = host.backend(0), host.backend(1)
+    server = b0.events.bind_unbound(1)
+    server.notify()  # nobody is bound yet: dropped
+    client = b1.events.bind_interdomain(0, server.port)
+    assert not readable(client.fileno())
+    server.notify()
+    server.notify()
+    assert readable(client.fileno())
+    client.consume()
+    assert not readable(client.fileno())
+    client.consume()  # nothing pending: never blocks
+
+    with pytest.raises(OSError, match="not unbound for domain 1") as exc_info:
+        b1.events.bind_interdomain(0, server.port)  # already connected
+    assert exc_info.value.errno == errno.EINVAL
+    with pytest.raises(OSError, match="has no port") as exc_info:
+        b1.events.bind_interdomain(0, 999)
+    assert exc_info.value.errno == errno.EINVAL
+    other = b0.events.bind_unbound(2)
+    with pytest.raises(OSError, match="not unbound for domain 1"):
+        b1.events.bind_interdomain(0, other.port)
+    other.close()
+
+    client.close()
+    client.close()  # idempotent
+    assert client.fileno() == -1
+    with pytest.raises(OSError, match="was closed"):
+        client.notify()
+    assert readable(server.fileno())
+    assert isinstance(server, SimEventChannel)
+    assert server.peer_closed
+    server.notify()  # a no-op
+    server.close()
+    b0.close()
+    b1.close()
+
+
+async def test_grant_errors_and_ref_reuse(host: SimulatedHost) -> None:
+    b0, b1 = host.backend(0), host.backend(1)
+    first = b0.memory.share(1, 1)
+    second = b0.memory.share(1, 2)
+    assert all(ref >= 8 for ref in (*first.refs, *second.refs))
+    assert len({*first.refs, *second.refs}) == 3
+
+    with pytest.raises(OSError, match="no grant ref") as exc_info:
+        b1.memory.map(0, [12345], writable=True)
+    assert exc_info.value.errno == errno.ENOENT
+    with pytest.raises(OSError, match="no domain 77") as exc_info:
+        b1.memory.map(77, [8], writable=True)
+    assert exc_info.value.errno == errno.ESRCH
+    with pytest.raises(OSError, match="not consecutive pages") as exc_info:
+        b1.memory.map(0, [first.refs[0], second.refs[0]], writable=True)
+    assert exc_info.value.errno == errno.EINVAL
+    with pytest.raises(OSError, match="not consecutive pages"):
+        b1.memory.map(0, [second.refs[1], second.refs[0]], writable=True)
+    with pytest.raises(ValueError, match="count must be"):
+        b0.memory.share(1, 0)
+
+    # one page of a two-page share maps at the right offset
+    second.buffer[PAGE_SIZE] = 42
+    tail = b1.memory.map(0, [second.refs[1]], writable=False)
+    assert tail.buffer[0] == 42
+    assert len(tail.buffer) == PAGE_SIZE
+    with pytest.raises(TypeError):
+        tail.buffer[0] = 1  # read-only
+    ch = b1.events.bind_unbound(0)
+    with pytest.raises(OSError, match="needs a writable mapping"):
+        tail.set_unmap_notify(0, ch.port)
+    with pytest.raises(OSError, match="is not bound in domain 0"):
+        first.set_unmap_notify(0, 4000)
+
+    # an unshared ref stays in use while mapped, then is free again
+    second.close()
+    with pytest.raises(OSError, match="no grant ref"):
+        b1.memory.map(0, [second.refs[0]], writable=True)
+    assert any("revoked but mapped" in leak for leak in host.leaks())
+    tail.close()
+    assert not any("revoked" in leak for leak in host.leaks())
+    again = b0.memory.share(1, 1)
+    assert again.refs[0] == second.refs[0]  # lowest free ref
+    again.close()
+    first.close()
+    ch.close()
+    b0.close()
+    b1.close()
+
+
+async def test_release_refuses_while_views_are_alive(host: SimulatedHost) -> None:
+    b0 = host.backend(0)
+    share = b0.memory.share(1, 1)
+    view = share.buffer[10:20]
+    with pytest.raises(BufferError, match="still alive"):
+        share.close()
+    assert host.leaks()  # nothing was released
+    share.buffer[10] = 5  # still usable
+    assert view[0] == 5
+    view.release()
+    share.close()
+    share.close()
+    with pytest.raises(ValueError, match="already released"):
+        _ = share.buffer
+    b0.close()
+
+
+async def test_unmap_notify_on_close(host: SimulatedHost) -> None:
+    b0, b1 = host.backend(0), host.backend(1)
+    server = b0.events.bind_unbound(1)
+    client = b1.events.bind_interdomain(0, server.port)
+    share = b0.memory.share(1, 1)
+    mapping = b1.memory.map(0, share.refs, writable=True)
+    share.buffer[20] = share.buffer[21] = 1
+    mapping.set_unmap_notify(20, client.port)
+    share.set_unmap_notify(21, server.port)
+    mapping.close()
+    assert share.buffer[20] == 0
+    assert readable(server.fileno())
+    server.consume()
+    # closing the backend (the device) releases the share: its notify fires the client
+    b0.close()
+    assert share.buffer[21] == 0  # our own mmap is still there
+    assert readable(client.fileno())
+    share.close()
+    server.close()
+    client.close()
+    b1.close()
+
+
+async def test_backend_close_releases_everything(host: SimulatedHost) -> None:
+    b0 = host.backend(0)
+    b0.events.bind_unbound(1)
+    share = b0.memory.share(1, 3)
+    assert len(host.leaks()) == 4
+    b0.close()
+    assert host.leaks() == []
+    share.close()  # the local mmap only
+
+
+async def test_hostile_clients_do_not_break_the_host(host: SimulatedHost) -> None:
+    path = os.path.join(host.directory, "domains", "0", "platform")
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with sock:
+        await sock.connect(path)
+        for message in (
+            b"x",
+            b"\xff" * 16,
+            struct.pack("<4I", 2, 99999, 0, 0),  # bad domid
+            struct.pack("<4I", 6, 1, 0, 0),  # share 0 pages
+            struct.pack("<4I", 6, 1, 2000, 0),  # too many pages
+            struct.pack("<4I", 9, 5, 0, 0),  # release a handle we do not have
+            struct.pack("<4I", 4, 1, 0, 0) + b"junk",
+            struct.pack("<4I", 7, 0, 0, 0),  # map no refs
+            struct.pack("<4I", 7, 0, 0xFF, 0) + b"\x08\0\0\0",  # unknown flags
+            struct.pack("<4I", 10, 5, 0, 0),  # introduce on a platform socket
+        ):
+            await sock.sendmsg(
+                [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", 0))]
+            )
+            reply, _, _, _ = await sock.recvmsg(65536, 64)
+            assert struct.unpack_from("<I", reply)[0] != 0, message
+        await sock.send(b"y" * 100000)  # oversized
+        reply = await sock.recv(65536)
+        assert struct.unpack_from("<I", reply)[0] == errno.EMSGSIZE
+        # a share whose reply we never read: released when we hang up
+        await sock.send(struct.pack("<4I", 6, 1, 1, 0))
+    with trio.fail_after(TIMEOUT):
+        await host.wait_idle()
+    assert host.leaks() == []
+    # the host still serves
+    b0 = host.backend(0)
+    b0.memory.share(1, 1).close()
+    b0.close()
+
+
+async def test_backend_from_environ_in_process_and_errors(host: SimulatedHost) -> None:
+    backend = backend_from_environ(host.environ(5))  # in the host's process: no deadlock
+    assert backend.domid == 5
+    channel = backend.events.bind_unbound(0)
+    channel.close()
+    backend.close()
+    with pytest.raises(BackendUnavailableError, match="TRIO_VCHAN_SIM is not set"):
+        backend_from_environ({})
+    with pytest.raises(BackendUnavailableError, match="TRIO_VCHAN_DOMID is not"):
+        backend_from_environ({ENV_DIR: host.directory})
+    with pytest.raises(ValueError, match="decimal domain id"):
+        backend_from_environ({ENV_DIR: host.directory, ENV_DOMID: "x1"})
+    with pytest.raises(ValueError, match=r"0\.\.32751"):
+        backend_from_environ({ENV_DIR: host.directory, ENV_DOMID: "40000"})
+    with pytest.raises(BackendUnavailableError, match="not a running simulated host"):
+        backend_from_environ({ENV_DIR: "/nonexistent", ENV_DOMID: "1"})
+
+
+async def test_child_process_creates_its_domain(host: SimulatedHost) -> None:
+    environ = {ENV_DIR: host.directory, ENV_DOMID: "9"}  # not created by the test
+    async with agent(lambda _: environ, 9) as dom9:
+        channel = await dom9.call("bind_unbound", remote=0)
+        b0 = host.backend(0)
+        mine = b0.events.bind_interdomain(9, channel["port"])
+        mine.notify()
+        await dom9.call("wait", id=channel["id"])
+        mine.close()
+        b0.close()
+        await dom9.exit()
+
+
+async def test_host_directory_lifecycle(tmp_path: Path) -> None:
+    where = tmp_path / "host"
+    async with SimulatedHost(where) as host:
+        assert host.directory == str(where)
+        assert os.stat(where).st_mode & 0o777 == 0o700
+        assert (where / "host").is_socket()
+        assert (where / "domains" / "0" / "platform").is_socket()
+        host.backend(3).close()
+        assert (where / "domains" / "3" / "xenstore").is_socket()
+    assert not where.exists()
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = host.directory
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").touch()
+    with pytest.raises(ValueError, match="must be empty"):
+        async with SimulatedHost(tmp_path / "full"):
+            pass  # pragma: no cover
+
+
+async def test_stopping_the_host_breaks_clients() -> None:
+    host = SimulatedHost()
+    await host.__aenter__()
+    directory = host.directory
+    backend = host.backend(1)
+    share = backend.memory.share(0, 1)
+    async with agent(host.environ, 2) as dom2:
+        await dom2.call("bind_unbound", remote=0)
+        await host.__aexit__(None, None, None)
+        assert not await trio.Path(directory).exists()
+        reply = await dom2.try_call("bind_unbound", remote=0)
+        assert reply["errno"] == errno.EPIPE, reply
+        await dom2.exit()
+    with pytest.raises(OSError, match="closed") as exc_info:
+        backend.events.bind_unbound(0)
+    assert exc_info.value.errno == errno.EPIPE
+    share.close()
+    backend.close()
