@@ -9,7 +9,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
 LINT_TOOLS = ["ruff>=0.6"]
-TYPE_TOOLS = ["mypy>=1.10", "nox"]
+TYPE_TOOLS = ["mypy>=1.10", "nox", "types-cffi"]
 DOC_TOOLS = ["sphinx>=7", "myst-parser>=3"]
 
 

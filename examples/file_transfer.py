@@ -21,21 +21,25 @@ CHUNK = 1 << 20
 
 async def send(client_domid: int, port: str, path: str) -> None:
     digest = hashlib.sha256()
-    async with trio_vchan.serve(client_domid, port, write_size=1 << 20) as stream:
-        async with await trio.open_file(path, "rb") as source:
-            while chunk := await source.read(CHUNK):
-                digest.update(chunk)
-                await stream.send_all(chunk)
+    async with (
+        trio_vchan.serve(client_domid, port, write_size=1 << 20) as stream,
+        await trio.open_file(path, "rb") as source,
+    ):
+        while chunk := await source.read(CHUNK):
+            digest.update(chunk)
+            await stream.send_all(chunk)
     print(digest.hexdigest())
 
 
 async def receive(server_domid: int, port: str, path: str) -> None:
     digest = hashlib.sha256()
-    async with trio_vchan.connect(server_domid, port) as stream:
-        async with await trio.open_file(path, "wb") as sink:
-            while chunk := await stream.receive_some(CHUNK):
-                digest.update(chunk)
-                await sink.write(chunk)
+    async with (
+        trio_vchan.connect(server_domid, port) as stream,
+        await trio.open_file(path, "wb") as sink,
+    ):
+        while chunk := await stream.receive_some(CHUNK):
+            digest.update(chunk)
+            await sink.write(chunk)
     print(digest.hexdigest())
 
 

@@ -125,6 +125,7 @@ async def _open_xenstore(backend: Backend) -> XenStoreClient:
 async def advertise(backend: Backend, client_domid: int, path: str, orders: RingOrders) -> Endpoint:
     """Grant and fill in the pages, then publish them for ``client_domid`` at ``path``."""
     cleanup: list[Callable[[], None]] = []
+    publishing = False
     try:
         channel = backend.events.bind_unbound(client_domid)
         cleanup.append(channel.close)
@@ -152,9 +153,14 @@ async def advertise(backend: Backend, client_domid: int, path: str, orders: Ring
         write_grants(page, refs)
         ring = RingEndpoint(page[:], read_ring=rings[0], write_ring=rings[1], role=Role.SERVER)
         cleanup.insert(0, ring.release)
+        publishing = True
         await _publish(backend, client_domid, path, page_share.refs[0], channel.port)
     except BaseException:
-        _release_all(cleanup)
+        try:
+            if publishing:  # cancelled after the commit, or failed part-way: take it back
+                await withdraw(backend, path)
+        finally:
+            _release_all(cleanup)
         raise
     return Endpoint(Role.SERVER, ring, channel, regions, path)
 
@@ -174,7 +180,10 @@ async def _publish(backend: Backend, client_domid: int, path: str, ref: int, por
                     await xs.transaction_end(tx, commit=False)
                 raise
             try:
-                await xs.transaction_end(tx, commit=True)
+                # Shielded: a commit cancelled in flight would leave us not knowing whether
+                # the entries are in the store.
+                with trio.CancelScope(shield=True):
+                    await xs.transaction_end(tx, commit=True)
             except XenStoreError as exc:
                 if exc.errno != errno.EAGAIN:
                     raise
@@ -188,16 +197,34 @@ async def withdraw(backend: Backend, path: str) -> None:
         async with await _open_xenstore(backend) as xs:
             for key in ("ring-ref", "event-channel"):
                 await _remove_if_present(xs, f"{path}/{key}")
-            # Also the directories the advertisement created, when nothing else is in them.
+            # Also the directories the advertisement created, while nothing else is in them.
             for directory in _own_directories(backend.domid, path):
-                try:
-                    if await xs.directory(directory):
-                        break
-                    await xs.rm(directory)
-                except XenStoreError as exc:
-                    if exc.errno not in (errno.ENOENT, errno.EACCES):
-                        raise
+                if not await _remove_if_empty(xs, directory):
                     break
+
+
+async def _remove_if_empty(xs: XenStoreClient, directory: str) -> bool:
+    """Remove ``directory`` if it has no children, atomically: another server may be
+    advertising below it at this very moment. Returns whether it was removed."""
+    while True:
+        tx = await xs.transaction_start()
+        try:
+            if await xs.directory(directory, tx=tx):
+                await xs.transaction_end(tx, commit=False)
+                return False
+            await xs.rm(directory, tx=tx)
+        except XenStoreError as exc:
+            await xs.transaction_end(tx, commit=False)
+            if exc.errno in (errno.ENOENT, errno.EACCES):
+                return False  # gone already, or not ours to remove
+            raise
+        try:
+            await xs.transaction_end(tx, commit=True)
+        except XenStoreError as exc:
+            if exc.errno != errno.EAGAIN:
+                raise
+            continue  # something changed meanwhile: look again
+        return True
 
 
 def _own_directories(server_domid: int, path: str) -> list[str]:
