@@ -8,8 +8,8 @@ nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
-LINT_TOOLS = ["ruff>=0.6"]
-TYPE_TOOLS = ["mypy>=1.10", "nox", "types-cffi"]
+LINT_TOOLS = ["ruff==0.17.6"]
+TYPE_TOOLS = ["mypy==2.4.1", "nox", "types-cffi"]
 DOC_TOOLS = ["sphinx>=7", "myst-parser>=3"]
 
 

@@ -704,7 +704,7 @@ class SimulatedHost:
         self._nursery.start_soon(self._accept_loop, platform, self._serve_platform, domid)
 
     def backend(self, domid: int) -> Backend:
-        """Return a :class:`~trio_vchan._backend.Backend` for domain ``domid``, in this process.
+        """Return a :class:`~trio_vchan.Backend` for domain ``domid``, in this process.
 
         Its event-channel and grant calls go straight to the host (a blocking socket would
         deadlock the host's own trio loop); XenStore is reached through its socket.
