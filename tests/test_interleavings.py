@@ -13,6 +13,7 @@ delivered once and in order, end of stream only after the last byte.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -40,6 +41,8 @@ class _Worker:
     done: bool = False
     waiting_for_event: bool = False
     event: bool = False  # a pending event-channel notification (coalescing, like Xen's)
+    satisfiable: Callable[[], bool] = lambda: False
+    deciding: bool = False
     error: BaseException | None = None
     thread: threading.Thread | None = None
 
@@ -54,13 +57,14 @@ class Controller:
         self.local = threading.local()
         self.choices: list[tuple[int, list[int], int]] = []  # (chosen, enabled, current)
         self.aborting = False
+        self.checking = False
 
     # -- called from the workers ------------------------------------------------------------------
 
     def point(self) -> None:
         worker: _Worker | None = getattr(self.local, "worker", None)
-        if worker is None:
-            return  # the controller thread itself (setup and checks)
+        if worker is None or self.checking:
+            return  # the controller itself (setup), or an invariant check: not a step
         self.back.release()
         worker.go.acquire()
         if self.aborting:
@@ -69,12 +73,44 @@ class Controller:
     def notify(self, target: int) -> None:
         self.workers[target].event = True
 
-    def wait_event(self) -> None:
+    def wait_event(self, satisfiable: Callable[[], bool]) -> None:
+        """Sleep until an event arrives; ``satisfiable`` says whether the wait could end now."""
         worker: _Worker = self.local.worker
+        worker.satisfiable = satisfiable
         worker.waiting_for_event = True
         self.point()
         worker.event = False
         worker.waiting_for_event = False
+
+    def published(self) -> None:
+        """The calling side changed an index or live byte and has yet to decide on the event."""
+        worker: _Worker | None = getattr(self.local, "worker", None)
+        if worker is not None:
+            worker.deciding = True
+
+    @contextlib.contextmanager
+    def operation(self) -> Iterator[None]:
+        """A read, write or close together with the event it may send."""
+        worker: _Worker = self.local.worker
+        try:
+            yield
+        finally:
+            worker.deciding = False
+
+    def check_no_lost_wake_up(self) -> None:
+        """After every step: a sleeping side whose wait is satisfiable has an event pending,
+        unless the other side published a change and has not yet decided on its event."""
+        busy = any(w.deciding for w in self.workers)
+        self.checking = True
+        try:
+            for worker in self.workers:
+                if worker.waiting_for_event and not worker.event and not busy:
+                    assert not worker.satisfiable(), (
+                        f"lost wake-up: a side sleeps with its wait satisfiable, no event"
+                        f" pending; schedule {self.choices}"
+                    )
+        finally:
+            self.checking = False
 
     # -- the search -------------------------------------------------------------------------------
 
@@ -123,6 +159,12 @@ class Controller:
             current = chosen
             self.workers[chosen].go.release()
             self.back.acquire()
+            if not self.aborting:
+                try:
+                    self.check_no_lost_wake_up()
+                except AssertionError:
+                    self._abort()
+                    raise
             error = self.workers[chosen].error
             if error is not None:
                 self._abort()
@@ -139,7 +181,12 @@ class Controller:
 
 
 class _SteppingLib:
-    """The native library, with a scheduling point before every shared-memory access."""
+    """The native library, with a scheduling point before every shared-memory access.
+
+    The two compound operations (a whole write; publishing a read) are replayed here as the
+    sequence of primitive steps their C code performs, in the same order, so that the search
+    interleaves the other side between them: that is where lost wake-ups hide.
+    """
 
     def __init__(self, real: Any, controller: Controller) -> None:
         self._real = real
@@ -154,6 +201,47 @@ class _SteppingLib:
 
         return step
 
+    def _take_notify(self, page: Any, notify_offset: int, bit: int) -> int:
+        self.vchan_full_barrier()
+        previous: int = self.vchan_fetch_and_u8(page, notify_offset, ~bit & 0xFF)
+        return int(previous & bit != 0)
+
+    def vchan_ring_write(
+        self,
+        page: Any,
+        ring: Any,
+        size: int,
+        prod: int,
+        prod_offset: int,
+        cons_offset: int,
+        notify_offset: int,
+        src: Any,
+        length: int,
+    ) -> int:
+        cons: int = self.vchan_load_acquire_u32(page, cons_offset)
+        used = (prod - cons) & 0xFFFFFFFF
+        if used > size:
+            return -1 - used
+        count = min(size - used, length)
+        if count == 0:
+            return 0
+        start = prod & (size - 1)
+        first = min(size - start, count)
+        ffi = trio_vchan._native.ffi
+        ffi.memmove(ring + start, src, first)
+        ffi.memmove(ring, src + first, count - first)
+        self.vchan_store_release_u32(page, prod_offset, (prod + count) & 0xFFFFFFFF)
+        self._controller.published()
+        return (count << 1) | self._take_notify(page, notify_offset, 1)
+
+    def vchan_ring_consumed(
+        self, page: Any, cons_offset: int, cons: int, notify_offset: int
+    ) -> int:
+        self.vchan_full_barrier()
+        self.vchan_store_release_u32(page, cons_offset, cons)
+        self._controller.published()
+        return self._take_notify(page, notify_offset, 2)
+
 
 # -- the two sides, as the stream drives them ---------------------------------------------------
 
@@ -161,15 +249,18 @@ class _SteppingLib:
 def sender(ring: RingEndpoint, data: bytes, chunk: int, ctl: Controller, peer: int) -> None:
     view = memoryview(data)
     while view:
-        result = ring.write(view[:chunk])
-        if result.notify_peer:
-            ctl.notify(peer)
+        with ctl.operation():
+            result = ring.write(view[:chunk])
+            if result.notify_peer:
+                ctl.notify(peer)
         view = view[result.accepted :]
         if view and not result.accepted and not ring.request_space_notify():
-            ctl.wait_event()
-    ring.set_live(Live.EXITED)  # close: live byte to 0, then always notify
-    ctl.point()
-    ctl.notify(peer)
+            ctl.wait_event(lambda: ring.buffer_space() > 0)
+    with ctl.operation():
+        ring.set_live(Live.EXITED)  # close: live byte to 0, then always notify
+        ctl.published()
+        ctl.point()
+        ctl.notify(peer)
 
 
 def receiver(
@@ -177,15 +268,16 @@ def receiver(
 ) -> None:
     while True:
         exited = ring.peer_live() is Live.EXITED  # before the ring: no data lost at close
-        result = ring.read(max_bytes)
-        if result.notify_peer:
-            ctl.notify(peer)
+        with ctl.operation():
+            result = ring.read(max_bytes)
+            if result.notify_peer:
+                ctl.notify(peer)
         if result.data:
             out += result.data
         elif exited:
             return
         elif not ring.request_data_notify():
-            ctl.wait_event()
+            ctl.wait_event(lambda: ring.data_ready() > 0)
 
 
 @attrs.frozen
