@@ -257,3 +257,18 @@ async def test_no_platform_explains_both_ways(monkeypatch: pytest.MonkeyPatch) -
         trio_vchan.BackendUnavailableError, match=r"trio-vchan sim.*/dev/xen/evtchn"
     ):
         await trio_vchan.open_vchan_stream(SERVER, "p")
+
+
+async def test_busy_poll_receives_and_is_bounded(sim: SimulatedHost) -> None:
+    async with pair(sim) as (server, client):
+        assert server.busy_poll == 0
+        server.busy_poll = 0.001
+        with pytest.raises(ValueError, match=r"busy_poll must be 0\.\.0\.01 seconds"):
+            server.busy_poll = 1
+        assert server.busy_poll == 0.001
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.receive_some)  # spins, then sleeps on the event channel
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_all(b"ping")
+        await client.send_all(b"pong")
+        assert await server.receive_some() == b"pong"

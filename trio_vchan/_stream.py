@@ -19,6 +19,7 @@ for good; callers see :class:`trio.BrokenResourceError` caused by it.
 from __future__ import annotations
 
 import operator
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar, final
 
@@ -30,11 +31,11 @@ from ._notify import Notifier
 
 if TYPE_CHECKING:
     from ._handshake import Endpoint
-    from ._ring import ReadResult, WriteResult
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 DEFAULT_RECEIVE_SIZE: Final = 65536
+_BUSY_POLL_MAX: Final = 0.01
 
 
 class _ConflictDetector:
@@ -80,6 +81,7 @@ class VchanStream(trio.abc.Stream):
         self._on_close = on_close
         self._closed = False
         self._broken: BaseException | None = None
+        self._busy_poll = 0.0
         self._send_conflict = _ConflictDetector("another task is already sending on this vchan")
         self._receive_conflict = _ConflictDetector(
             "another task is already receiving on this vchan"
@@ -109,12 +111,27 @@ class VchanStream(trio.abc.Stream):
         try:
             return operation(*args, **kwargs)
         except (ProtocolError, OSError) as exc:
-            self._broken = exc
-            what = "broke the vchan protocol" if isinstance(exc, ProtocolError) else "failed"
-            raise trio.BrokenResourceError(f"the vchan {what}: {exc}") from exc
+            raise self._break(exc) from exc
 
-    def _notify_peer(self) -> None:
-        self._guard(self._channel.notify)
+    def _break(self, exc: ProtocolError | OSError) -> trio.BrokenResourceError:
+        self._broken = exc
+        what = "broke the vchan protocol" if isinstance(exc, ProtocolError) else "failed"
+        return trio.BrokenResourceError(f"the vchan {what}: {exc}")
+
+    @property
+    def busy_poll(self) -> float:
+        """Seconds to spin on the ring before sleeping on the event channel (default 0).
+
+        A few tens of microseconds cut the latency of request/response traffic, at the cost of
+        a busy CPU while waiting. At most 0.01.
+        """
+        return self._busy_poll
+
+    @busy_poll.setter
+    def busy_poll(self, seconds: float) -> None:
+        if not 0 <= seconds <= _BUSY_POLL_MAX:
+            raise ValueError(f"busy_poll must be 0..{_BUSY_POLL_MAX} seconds, not {seconds!r}")
+        self._busy_poll = float(seconds)
 
     def peer_live(self) -> Live:
         """The peer's state as its live byte says now.
@@ -153,15 +170,24 @@ class VchanStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint_if_cancelled()
             while True:
                 token = self._notifier.token()  # before looking: no lost wake-ups
-                exited = self.peer_live() is Live.EXITED  # read before the ring
-                result: ReadResult = self._guard(self._ring.read, limit)
-                if result.notify_peer:
-                    self._notify_peer()
-                if result.data or exited:
+                data = self._try_receive(limit)
+                if data is not None:
                     await trio.lowlevel.cancel_shielded_checkpoint()
-                    return result.data
-                if not self._guard(self._ring.request_data_notify):
-                    await self._wait(token)
+                    return data
+                await self._wait_for(token, self._ring.data_ready, self._ring.request_data_notify)
+
+    def _try_receive(self, limit: int) -> bytes | bytearray | None:
+        """One look at the ring: data, ``b""`` at end of stream, or None for "nothing yet"."""
+        self._check_status()
+        ring = self._ring
+        try:
+            exited = ring.peer_live() is Live.EXITED  # read before the ring
+            data, notify_peer = ring.read(limit)
+            if notify_peer:
+                self._channel.notify()
+        except (ProtocolError, OSError) as exc:
+            raise self._break(exc) from exc
+        return data if data or exited else None
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -175,24 +201,53 @@ class VchanStream(trio.abc.Stream):
         """
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
-            with memoryview(data) as source, source.cast("B") as view:
-                remaining = view
-                while True:
+            with memoryview(data) as source:
+                remaining = source if source.format == "B" else source.cast("B")
+                self._check_status()
+                while remaining:
                     token = self._notifier.token()
-                    self._check_status()
-                    if not remaining:
+                    accepted = self._try_send(remaining)
+                    if accepted == len(remaining):
                         break
-                    if self.peer_live() is Live.EXITED:
-                        raise trio.BrokenResourceError("peer closed the vchan")
-                    result: WriteResult = self._guard(self._ring.write, remaining)
-                    if result.notify_peer:
-                        self._notify_peer()
-                    remaining = remaining[result.accepted :]
-                    if result.accepted or not remaining:
-                        continue
-                    if not self._guard(self._ring.request_space_notify):
-                        await self._wait(token)
+                    if accepted:
+                        remaining = remaining[accepted:]
+                    else:
+                        await self._wait_for(
+                            token, self._ring.buffer_space, self._ring.request_space_notify
+                        )
+                remaining.release()
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _try_send(self, data: memoryview) -> int:
+        """Write what fits now; returns how much that was."""
+        self._check_status()
+        ring = self._ring
+        try:
+            if ring.peer_live() is Live.EXITED:
+                raise trio.BrokenResourceError("peer closed the vchan")
+            accepted, notify_peer = ring.write(data)
+            if notify_peer:
+                self._channel.notify()
+        except (ProtocolError, OSError) as exc:
+            raise self._break(exc) from exc
+        return accepted
+
+    async def _wait_for(
+        self, token: int, available: Callable[[], int], request_notify: Callable[[], bool]
+    ) -> None:
+        """Spin for ``busy_poll`` seconds if asked to, else ask the peer for an event (which
+        re-checks the ring) and sleep until one arrives."""
+        if self._busy_poll and self._guard(self._spin, available):
+            return
+        if not self._guard(request_notify):
+            await self._wait(token)
+
+    def _spin(self, available: Callable[[], int]) -> bool:
+        deadline = time.perf_counter() + self._busy_poll
+        while time.perf_counter() < deadline:
+            if available():
+                return True
+        return False
 
     async def wait_send_all_might_not_block(self) -> None:
         """Return once there is space in the ring (or the peer has gone, so sending fails fast).
@@ -207,9 +262,9 @@ class VchanStream(trio.abc.Stream):
                 token = self._notifier.token()
                 if self.peer_live() is Live.EXITED or self.buffer_space > 0:
                     break
-                if self._guard(self._ring.request_space_notify):
-                    break
-                await self._wait(token)
+                await self._wait_for(
+                    token, self._ring.buffer_space, self._ring.request_space_notify
+                )
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_for_client(self) -> None:
