@@ -38,3 +38,10 @@ def docs(session: nox.Session) -> None:
     """Build the documentation; any warning fails the build."""
     session.install(".", *DOC_TOOLS)
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Measure vchan against its baselines; writes bench/results.json and docs/performance.*."""
+    session.install(".", "matplotlib")
+    session.run("python", "bench/run.py", "--docs", "docs", *session.posargs)

@@ -1,0 +1,227 @@
+"""The measured side of every benchmark: one process, one end of a stream.
+
+    python bench/workers.py vchan serve|connect PEER_DOMID PORT SCENARIO [key=value ...]
+    python bench/workers.py socket FD SCENARIO [key=value ...]
+    python bench/workers.py scale serve|connect PEER_DOMID SCENARIO count=N total=BYTES
+
+A vchan worker finds its simulated host in TRIO_VCHAN_SIM/TRIO_VCHAN_DOMID. Each scenario
+prints one JSON object on stdout. Timing starts at the first byte received (or sent), so
+process start-up and the handshake are not measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+import trio_vchan
+
+Result = dict[str, Any]
+
+
+def raise_fd_limit() -> None:
+    """Thousands of vchans need thousands of fds (an eventfd per end, plus the host's)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# -- scenarios over any trio stream -----------------------------------------------------------
+
+
+async def source(stream: trio.abc.Stream, total: int, write: int) -> Result:
+    block = b"\xa5" * write
+    start = time.perf_counter()
+    for _ in range(total // write):
+        await stream.send_all(block)
+    return {"sent": total, "seconds": time.perf_counter() - start}
+
+
+async def sink(stream: trio.abc.Stream, total: int) -> Result:
+    received, start = 0, 0.0
+    while received < total:
+        data = await stream.receive_some(1 << 20)
+        if not data:
+            raise EOFError(f"end of stream after {received} of {total} bytes")
+        if not received:
+            start = time.perf_counter()
+        received += len(data)
+    return {"received": received, "seconds": time.perf_counter() - start}
+
+
+async def duplex(stream: trio.abc.Stream, total: int, write: int) -> Result:
+    results: Result = {}
+
+    async def send() -> None:
+        results["send"] = await source(stream, total, write)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        results["receive"] = await sink(stream, total)
+    return results
+
+
+async def receive_exactly(stream: trio.abc.Stream, size: int) -> None:
+    while size:
+        data = await stream.receive_some(size)
+        if not data:
+            raise EOFError("end of stream in the middle of a message")
+        size -= len(data)
+
+
+async def ping(stream: trio.abc.Stream, count: int, size: int) -> Result:
+    message = b"p" * size
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        await stream.send_all(message)
+        await receive_exactly(stream, size)
+        times.append(time.perf_counter() - start)
+    return {"round_trips": times}
+
+
+async def pong(stream: trio.abc.Stream, count: int, size: int) -> Result:
+    message = b"p" * size
+    for _ in range(count):
+        await receive_exactly(stream, size)
+        await stream.send_all(message)
+    return {}
+
+
+SCENARIOS: dict[str, Callable[..., Awaitable[Result]]] = {
+    "source": source,
+    "sink": sink,
+    "duplex": duplex,
+    "ping": ping,
+    "pong": pong,
+}
+
+
+# -- transports --------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def open_vchan(
+    role: str, peer: int, port: str, ring: int, busy_poll: float
+) -> AsyncIterator[trio.abc.Stream]:
+    if role == "serve":
+        vchan = trio_vchan.serve(peer, port, read_size=ring, write_size=ring)
+    else:
+        vchan = trio_vchan.connect(peer, port)
+    async with vchan as stream:
+        stream.busy_poll = busy_poll
+        yield stream
+
+
+async def run_stream(stream_cm: Any, scenario: str, params: dict[str, int]) -> Result:
+    async with stream_cm as stream:
+        return await SCENARIOS[scenario](stream, **params)
+
+
+# -- scale: many vchans in one process ----------------------------------------------------------
+
+
+async def scale_serve(peer: int, count: int, total: int) -> Result:
+    """Serve ``count`` vchans to ``peer``, send ``total // count`` bytes on each, close."""
+    per_connection = total // count
+    block = b"\x5a" * min(per_connection, 65536)
+    listeners = [
+        trio_vchan.VchanListener(peer, f"scale{i}", read_size=4096, write_size=65536)
+        for i in range(count)
+    ]
+
+    async def one(listener: trio_vchan.VchanListener) -> None:
+        async with listener, await listener.accept() as stream:
+            for _ in range(per_connection // len(block)):
+                await stream.send_all(block)
+
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(one, listener)
+    return {}
+
+
+async def scale_connect(peer: int, count: int, total: int) -> Result:
+    """Connect ``count`` vchans at once, receive on all of them, then close them all."""
+    rss0, fds0 = rss_bytes(), open_fds()
+    streams: list[trio_vchan.VchanStream] = []
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+
+        async def connect(i: int) -> None:
+            streams.append(await trio_vchan.open_vchan_stream(peer, f"scale{i}"))
+
+        for i in range(count):
+            nursery.start_soon(connect, i)
+    connected = time.perf_counter()
+    rss1, fds1 = rss_bytes(), open_fds()
+    received = 0
+
+    async def drain(stream: trio_vchan.VchanStream) -> None:
+        nonlocal received
+        while data := await stream.receive_some(1 << 20):
+            received += len(data)
+
+    start_transfer = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for stream in streams:
+            nursery.start_soon(drain, stream)
+    transferred = time.perf_counter()
+    for stream in streams:
+        await stream.aclose()
+    closed = time.perf_counter()
+    return {
+        "connects_per_second": count / (connected - start),
+        "closes_per_second": count / (closed - transferred),
+        "aggregate_bytes_per_second": received / (transferred - start_transfer),
+        "received": received,
+        "rss_per_connection": (rss1 - rss0) / count,
+        "fds_per_connection": (fds1 - fds0) / count,
+    }
+
+
+def parse(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, value = pair.split("=", 1)
+        params[key] = int(value) if value.isdecimal() else float(value)
+    return params
+
+
+async def main(argv: list[str]) -> Result:
+    raise_fd_limit()
+    kind = argv[0]
+    if kind == "vchan":
+        role, peer, port, scenario = argv[1], int(argv[2]), argv[3], argv[4]
+        params = parse(argv[5:])
+        ring, busy_poll = params.pop("ring", 65536), params.pop("busy_poll", 0.0)
+        return await run_stream(open_vchan(role, peer, port, ring, busy_poll), scenario, params)
+    if kind == "socket":
+        fd, scenario, params = int(argv[1]), argv[2], parse(argv[3:])
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+        return await run_stream(stream, scenario, params)
+    if kind == "scale":
+        role, peer, params = argv[1], int(argv[2]), parse(argv[4:])
+        return await (scale_serve if role == "serve" else scale_connect)(peer, **params)
+    raise SystemExit(f"unknown worker kind {kind!r}")
+
+
+if __name__ == "__main__":
+    print(json.dumps(trio.run(main, sys.argv[1:])), flush=True)
