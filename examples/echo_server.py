@@ -4,10 +4,12 @@
 
 Run it inside a domain (on Xen, or on a simulated host: ``trio-vchan sim -- python ...``).
 Each listed domain may connect, disconnect and reconnect; every connection gets its own task.
+Stop it with Ctrl-C (SIGINT), which withdraws its XenStore advertisements.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import trio
@@ -22,10 +24,14 @@ async def echo(stream: trio_vchan.VchanStream) -> None:
 
 
 async def main(port: str, client_domids: list[int]) -> None:
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(trio_vchan.serve_vchan, echo, client_domids, port)
-        print(f"echoing on {port!r} for domains {[lst.client_domid for lst in listeners]}")
-        sys.stdout.flush()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio_vchan.serve_vchan, echo, client_domids, port)
+            print(f"echoing on {port!r} for domains {[lst.client_domid for lst in listeners]}")
+            sys.stdout.flush()
+            async for _ in signals:  # stopping cancels the listeners: they withdraw their
+                nursery.cancel_scope.cancel()  # advertisements from XenStore on the way out
+                break
 
 
 if __name__ == "__main__":

@@ -7,8 +7,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from hypothesis import settings
 
 from trio_vchan.sim import SimulatedHost
+
+# Every property test runs at least 200 examples; no per-example deadline on shared machines.
+settings.register_profile("project", max_examples=200, deadline=None)
+settings.load_profile("project")
 
 
 def open_fds() -> set[int]:
