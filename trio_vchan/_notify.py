@@ -30,13 +30,18 @@ class Notifier:
         """The current generation: take it before looking at the shared memory."""
         return self._generation
 
-    async def wait(self, after: int) -> None:
+    async def wait(self, after: int) -> bool:
         """Return once an event has arrived since ``token()`` returned ``after``.
+
+        Returns:
+            Whether the task actually blocked (then the wait was a full trio checkpoint).
 
         Raises:
             trio.ClosedResourceError: the stream was closed, before or during the wait.
         """
+        blocked = False
         while self._generation == after:
+            blocked = True
             if self._closed:
                 raise trio.ClosedResourceError("this vchan was already closed")
             if self._watching:
@@ -52,6 +57,7 @@ class Notifier:
             finally:
                 self._watching = False
                 self._lot.unpark_all()
+        return blocked
 
     def close(self) -> None:
         """Wake every waiter with ClosedResourceError; the caller closes the channel after."""

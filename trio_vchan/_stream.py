@@ -168,13 +168,17 @@ class VchanStream(trio.abc.Stream):
         with self._receive_conflict:
             limit = _check_max_bytes(max_bytes)
             await trio.lowlevel.checkpoint_if_cancelled()
+            blocked = False
             while True:
                 token = self._notifier.token()  # before looking: no lost wake-ups
                 data = self._try_receive(limit)
                 if data is not None:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not blocked:  # a wait that blocked was this call's checkpoint already
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                     return data
-                await self._wait_for(token, self._ring.data_ready, self._ring.request_data_notify)
+                blocked |= await self._wait_for(
+                    token, self._ring.data_ready, self._ring.request_data_notify
+                )
 
     def _try_receive(self, limit: int) -> bytes | bytearray | None:
         """One look at the ring: data, ``b""`` at end of stream, or None for "nothing yet"."""
@@ -201,6 +205,7 @@ class VchanStream(trio.abc.Stream):
         """
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
+            blocked = False
             with memoryview(data) as source:
                 remaining = source if source.format == "B" else source.cast("B")
                 self._check_status()
@@ -212,11 +217,12 @@ class VchanStream(trio.abc.Stream):
                     if accepted:
                         remaining = remaining[accepted:]
                     else:
-                        await self._wait_for(
+                        blocked |= await self._wait_for(
                             token, self._ring.buffer_space, self._ring.request_space_notify
                         )
                 remaining.release()
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not blocked:  # a wait that blocked was this call's checkpoint already
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _try_send(self, data: memoryview) -> int:
         """Write what fits now; returns how much that was."""
@@ -234,13 +240,14 @@ class VchanStream(trio.abc.Stream):
 
     async def _wait_for(
         self, token: int, available: Callable[[], int], request_notify: Callable[[], bool]
-    ) -> None:
+    ) -> bool:
         """Spin for ``busy_poll`` seconds if asked to, else ask the peer for an event (which
-        re-checks the ring) and sleep until one arrives."""
+        re-checks the ring) and sleep until one arrives. Returns whether the task blocked."""
         if self._busy_poll and self._guard(self._spin, available):
-            return
-        if not self._guard(request_notify):
-            await self._wait(token)
+            return False
+        if self._guard(request_notify):
+            return False
+        return await self._wait(token)
 
     def _spin(self, available: Callable[[], int]) -> bool:
         deadline = time.perf_counter() + self._busy_poll
@@ -275,9 +282,9 @@ class VchanStream(trio.abc.Stream):
                 return
             await self._wait(token)
 
-    async def _wait(self, token: int) -> None:
+    async def _wait(self, token: int) -> bool:
         try:
-            await self._notifier.wait(after=token)
+            return await self._notifier.wait(after=token)
         except trio.ClosedResourceError:
             raise trio.ClosedResourceError("this vchan was already closed") from None
 
