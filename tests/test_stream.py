@@ -272,3 +272,27 @@ async def test_busy_poll_receives_and_is_bounded(sim: SimulatedHost) -> None:
             await client.send_all(b"ping")
         await client.send_all(b"pong")
         assert await server.receive_some() == b"pong"
+
+
+async def test_two_clients_of_one_domain_racing_for_one_advertisement(sim: SimulatedHost) -> None:
+    """The loser of the race waits for the listener's next advertisement."""
+    async with backends(sim) as (server_backend, client_backend):
+        listener = trio_vchan.VchanListener(CLIENT, "race", backend=server_backend)
+        served: list[bytes] = []
+
+        async def serve_two() -> None:
+            for _ in range(2):
+                async with await listener.accept() as stream:
+                    served.append(await stream.receive_some())
+
+        async def client(message: bytes) -> None:
+            async with trio_vchan.connect(SERVER, "race", backend=client_backend) as stream:
+                await stream.send_all(message)
+                assert await stream.receive_some() == b""  # the server closes after reading
+
+        with trio.fail_after(30):
+            async with listener, trio.open_nursery() as nursery:
+                nursery.start_soon(serve_two)
+                nursery.start_soon(client, b"first")
+                nursery.start_soon(client, b"second")
+        assert sorted(served) == [b"first", b"second"]

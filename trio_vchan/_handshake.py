@@ -259,33 +259,46 @@ def _parse_advertised(value: bytes, key: str, limit: int) -> int:
     return int(text)
 
 
-async def await_advertisement(backend: Backend, path: str) -> tuple[int, int]:
-    """Wait (watching, not polling) until the server at ``path`` is advertised.
+async def _read_advertisement(xs: XenStoreClient, path: str) -> tuple[int, int] | None:
+    """``(ring_ref, port)`` as advertised at ``path`` now, or None while there is none."""
+    try:
+        ring_ref = await xs.read(f"{path}/ring-ref")
+        port = await xs.read(f"{path}/event-channel")
+    except XenStoreError as exc:
+        # Not there yet, or not yet readable by us.
+        if exc.errno not in (errno.ENOENT, errno.EACCES):
+            raise
+        return None
+    return (
+        _parse_advertised(ring_ref, "ring-ref", 0xFFFF_FFFF),
+        _parse_advertised(port, "event-channel", 0x7FFF_FFFF),
+    )
 
-    Returns:
-        ``(ring_ref, port)``.
+
+async def attach(backend: Backend, server_domid: int, path: str) -> Endpoint:
+    """Connect as the client to the server advertised at ``path``, waiting for it.
+
+    Waits on a watch, never polling. Another client of our domain may take an advertisement
+    just before us (binding its event channel then fails with EINVAL): we try again after
+    the next change at ``path``, when the server has advertised afresh.
     """
     async with await _open_xenstore(backend) as xs:
         await xs.watch(f"{path}/event-channel", _WATCH_TOKEN)
         while True:
-            try:
-                ring_ref = await xs.read(f"{path}/ring-ref")
-                port = await xs.read(f"{path}/event-channel")
-            except XenStoreError as exc:
-                # Not there yet, or not yet readable by us: wait for the next change.
-                if exc.errno not in (errno.ENOENT, errno.EACCES):
-                    raise
-                await xs.next_watch_event()
-                continue
-            return (
-                _parse_advertised(ring_ref, "ring-ref", 0xFFFF_FFFF),
-                _parse_advertised(port, "event-channel", 0x7FFF_FFFF),
-            )
+            advertisement = await _read_advertisement(xs, path)
+            if advertisement is not None:
+                try:
+                    return _attach_to(backend, server_domid, path, *advertisement)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+            await xs.next_watch_event()
 
 
-async def attach(backend: Backend, server_domid: int, path: str) -> Endpoint:
-    """Connect as the client to the server advertised at ``path``."""
-    ring_ref, port = await await_advertisement(backend, path)
+def _attach_to(
+    backend: Backend, server_domid: int, path: str, ring_ref: int, port: int
+) -> Endpoint:
+    """Bind, map, validate and announce, for one advertisement."""
     cleanup: list[Callable[[], None]] = []
     try:
         channel = backend.events.bind_interdomain(server_domid, port)

@@ -1,0 +1,688 @@
+"""The ``trio-vchan`` command line, run as real processes on a simulated host."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from functools import partial
+from pathlib import Path
+from subprocess import DEVNULL
+from typing import IO, Any
+
+import pytest
+import trio
+
+from trio_vchan import VchanStream, serve_vchan
+from trio_vchan._cli._progress import format_size
+from trio_vchan._cli._status import ExitStatus
+from trio_vchan.sim import ENV_DIR, ENV_DOMID, SimulatedHost
+
+TIMEOUT = 60  # generous: these machines are small and shared
+CLI = (sys.executable, "-m", "trio_vchan")
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without any simulated host in it."""
+    return {k: v for k, v in os.environ.items() if k not in (ENV_DIR, ENV_DOMID)}
+
+
+def domain_environ(sim: SimulatedHost, domid: int) -> dict[str, str]:
+    return {**clean_environ(), **sim.environ(domid)}
+
+
+Stdio = int | IO[Any]
+
+
+@asynccontextmanager
+async def cli(
+    environ: Mapping[str, str],
+    *args: str,
+    stdin: Stdio = subprocess.DEVNULL,
+    stdout: Stdio = subprocess.PIPE,
+    stderr: Stdio = subprocess.PIPE,
+) -> AsyncIterator[trio.Process]:
+    """Start ``python -m trio_vchan ARGS``; kill it if the block fails, close its pipes."""
+    process = await trio.lowlevel.open_process(
+        [*CLI, *args], env=dict(environ), stdin=stdin, stdout=stdout, stderr=stderr
+    )
+    try:
+        yield process
+    except BaseException:
+        # A clean stop first (SIGTERM closes vchans and withdraws advertisements, which a
+        # SIGKILL would leave in XenStore for the leak check to report), then a kill.
+        process.terminate()
+        with trio.CancelScope(shield=True), trio.move_on_after(TIMEOUT / 4):
+            await process.wait()
+        process.kill()
+        raise
+    finally:
+        with trio.CancelScope(shield=True), trio.fail_after(TIMEOUT):
+            for pipe in (process.stdin, process.stdout, process.stderr):
+                if pipe is not None:
+                    await pipe.aclose()
+            await process.wait()
+
+
+async def run_cli(
+    environ: Mapping[str, str], *args: str, stdin: bytes | Stdio = subprocess.DEVNULL
+) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(TIMEOUT):
+        return await trio.run_process(
+            [*CLI, *args],
+            env=dict(environ),
+            stdin=stdin,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+
+
+async def read_all(stream: trio.abc.ReceiveStream | None) -> bytes:
+    assert stream is not None
+    chunks = []
+    with trio.fail_after(TIMEOUT):
+        while chunk := await stream.receive_some():
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_until(stream: trio.abc.ReceiveStream | None, marker: bytes) -> bytes:
+    """Read until ``marker`` has arrived (or the stream ends); return everything read."""
+    assert stream is not None
+    data = b""
+    with trio.fail_after(TIMEOUT):
+        while marker not in data:
+            chunk = await stream.receive_some()
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+async def wait(process: trio.Process) -> int:
+    with trio.fail_after(TIMEOUT):
+        return await process.wait()
+
+
+def no_traceback(stderr: bytes) -> None:
+    assert b"Traceback" not in stderr, stderr.decode(errors="replace")
+
+
+def blocks(total: int, size: int = MiB) -> Iterator[bytes]:
+    """``total`` bytes that differ from block to block, made quickly."""
+    base = os.urandom(size)
+    for index, offset in enumerate(range(0, total, size)):
+        block = index.to_bytes(8, "little") + base[8:]
+        yield block[: min(size, total - offset)]
+
+
+@contextmanager
+def zeros_file() -> Iterator[IO[bytes]]:
+    """``/dev/zero``, an endless standard input (opening it never blocks)."""
+    with open("/dev/zero", "rb") as zeros:
+        yield zeros
+
+
+# -- the command line itself ----------------------------------------------------------------------
+
+
+def console_script() -> str:
+    here = Path(sys.executable).with_name("trio-vchan")
+    found = str(here) if here.exists() else shutil.which("trio-vchan")
+    if found is None:
+        pytest.skip("the trio-vchan console script is not installed")
+    return found
+
+
+@pytest.mark.parametrize("how", ["module", "script"])
+async def test_version(how: str) -> None:
+    from trio_vchan import __version__
+
+    command = [*CLI] if how == "module" else [console_script()]
+    result = await trio.run_process([*command, "--version"], capture_stdout=True)
+    assert result.stdout.decode().strip() == f"trio-vchan {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), ["cat", "proxy", "sim", "examples:"]),
+        (("cat",), ["DOMID PORT", "--keep-open", "examples:", "exit status:"]),
+        (("proxy",), ["--unix PATH", "--tcp [HOST]:PORT", "examples:", "exit status:"]),
+        (("sim",), ["COMMAND"]),
+    ],
+)
+async def test_help(args: tuple[str, ...], expected: list[str]) -> None:
+    result = await run_cli(clean_environ(), *args, "--help")
+    assert result.returncode == 0
+    for text in expected:
+        assert text in result.stdout.decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "required: COMMAND"),
+        (("dance",), "invalid choice: 'dance'"),
+        (("cat",), "required: DOMID, PORT"),
+        (("cat", "one", "foo"), "a domain id is a decimal number, not 'one'"),
+        (("cat", "32752", "foo"), "domid must be 0..32751, not 32752"),
+        (("cat", "1", "no spaces"), "port"),
+        (("cat", "--buffer-size", "0", "1", "foo"), "the buffer size must be 1..1048576"),
+        (("cat", "--buffer-size", "2M", "1", "foo"), "the buffer size must be 1..1048576"),
+        (("cat", "--buffer-size", "lots", "1", "foo"), "not 'lots'"),
+        (("cat", "--progress", "--quiet", "1", "foo"), "not allowed with argument"),
+        (("cat", "--domid", "-3", "1", "foo"), "argument --domid: a domain id"),
+        (("proxy", "-l", "1", "foo"), "one of the arguments --unix --tcp is required"),
+        (("proxy", "-l", "1,1", "foo", "--unix", "s"), "a domain id is repeated in '1,1'"),
+        (("proxy", "-l", "1", "foo", "--tcp", "80"), "expected HOST:PORT or :PORT, not '80'"),
+        (("proxy", "-l", "1", "foo", "--tcp", ":99999"), "a TCP port is 0..65535, not 99999"),
+        (("proxy", "-l", "1", "foo", "--tcp", "::1:80"), "write an IPv6 host in brackets"),
+        (("proxy", "1,2", "foo", "--unix", "s"), "only a listening proxy (-l) serves several"),
+    ],
+)
+async def test_bad_arguments_exit_2_with_a_message(args: tuple[str, ...], message: str) -> None:
+    result = await run_cli(clean_environ(), *args)
+    assert result.returncode == ExitStatus.USAGE
+    assert message in result.stderr.decode()
+    no_traceback(result.stderr)
+
+
+async def test_bad_domid_in_the_environment_is_a_usage_error(sim: SimulatedHost) -> None:
+    environ = {**clean_environ(), ENV_DIR: sim.directory, ENV_DOMID: "dom1"}
+    result = await run_cli(environ, "cat", "0", "foo")
+    assert result.returncode == ExitStatus.USAGE
+    assert "TRIO_VCHAN_DOMID must be a decimal domain id, not 'dom1'" in result.stderr.decode()
+
+
+async def test_no_platform_says_how_to_get_one() -> None:
+    if await trio.Path("/dev/xen/evtchn").exists():
+        pytest.skip("this machine runs Xen")
+    result = await run_cli(clean_environ(), "cat", "0", "foo")
+    assert result.returncode == ExitStatus.FAILURE
+    assert result.stderr.decode().startswith("trio-vchan cat: no vchan platform found")
+    assert "trio-vchan sim" in result.stderr.decode()
+
+
+def test_sizes_are_printed_in_binary_units() -> None:
+    assert [format_size(n) for n in (0, 1023, 1536, 10 * 1024, 1 << 30, 1000 << 30)] == [
+        "0 B",
+        "1023 B",
+        "1.50 KiB",
+        "10.0 KiB",
+        "1.00 GiB",
+        "1000 GiB",
+    ]
+
+
+# -- cat: data --------------------------------------------------------------------------------
+
+
+async def test_listener_receives_a_file_and_both_end(sim: SimulatedHost) -> None:
+    """The README's transfer: the listener's stdin is /dev/null, so it only receives and
+    ends when the sender closes; the sender ends after its stdin's end, all of it delivered."""
+    data = b"".join(blocks(3 * MiB + 12345))
+    async with trio.open_nursery() as nursery:
+        results: dict[str, subprocess.CompletedProcess[bytes]] = {}
+
+        async def run(name: str, domid: int, *args: str, stdin: bytes | int) -> None:
+            results[name] = await run_cli(domain_environ(sim, domid), *args, stdin=stdin)
+
+        nursery.start_soon(partial(run, "receiver", 2, "cat", "-l", "1", "foo", stdin=DEVNULL))
+        nursery.start_soon(partial(run, "sender", 1, "cat", "2", "foo", stdin=data))
+    receiver, sender = results["receiver"], results["sender"]
+    assert (receiver.returncode, sender.returncode) == (0, 0)
+    assert receiver.stdout == data
+    assert sender.stdout == b""
+    assert receiver.stderr == sender.stderr == b""  # no progress unless stderr is a terminal
+
+
+async def test_listener_sends_and_the_client_receives(sim: SimulatedHost) -> None:
+    data = b"".join(blocks(2 * MiB + 1))
+    async with (
+        cli(domain_environ(sim, 1), "cat", "-l", "2", "port-7", stdin=subprocess.PIPE) as server,
+        cli(domain_environ(sim, 2), "cat", "--buffer-size", "4K", "1", "port-7") as client,
+    ):
+        assert server.stdin is not None
+        stdin = server.stdin
+
+        async def send() -> None:
+            await stdin.send_all(data)
+            await stdin.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            received = await read_all(client.stdout)
+        assert received == data
+        assert (await wait(server), await wait(client)) == (0, 0)
+
+
+async def test_empty_input_sends_an_empty_file(sim: SimulatedHost) -> None:
+    """An empty pipe is an empty file, not "nothing to send" (only /dev/null is that)."""
+    async with trio.open_nursery() as nursery:
+        results: list[subprocess.CompletedProcess[bytes]] = []
+
+        async def receive() -> None:
+            results.append(await run_cli(domain_environ(sim, 2), "cat", "-l", "1", "empty"))
+
+        nursery.start_soon(receive)
+        sender = await run_cli(domain_environ(sim, 1), "cat", "2", "empty", stdin=b"")
+    assert sender.returncode == 0
+    assert results[0].returncode == 0
+    assert results[0].stdout == b""
+
+
+async def test_domid_option_instead_of_the_environment(sim: SimulatedHost) -> None:
+    environ = {**clean_environ(), ENV_DIR: sim.directory}
+    async with trio.open_nursery() as nursery:
+        results: list[subprocess.CompletedProcess[bytes]] = []
+
+        async def receive() -> None:
+            args = ("cat", "--domid", "5", "-l", "6", "opt")
+            results.append(await run_cli(environ, *args))
+
+        nursery.start_soon(receive)
+        sender = await run_cli(environ, "cat", "--domid", "6", "5", "opt", stdin=b"by option")
+    assert sender.returncode == 0
+    assert results[0].stdout == b"by option"
+
+
+async def test_keep_open_waits_for_the_answer(sim: SimulatedHost) -> None:
+    """A request, its end, then the whole answer: the peer's close ends it."""
+    async with (
+        cli(domain_environ(sim, 0), "cat", "-l", "3", "ask", stdin=subprocess.PIPE) as server,
+        trio.open_nursery() as nursery,
+    ):
+        results: list[subprocess.CompletedProcess[bytes]] = []
+
+        async def ask() -> None:
+            args = ("cat", "--keep-open", "0", "ask")
+            results.append(await run_cli(domain_environ(sim, 3), *args, stdin=b"question\n"))
+
+        nursery.start_soon(ask)
+        assert await read_until(server.stdout, b"\n") == b"question\n"
+        assert server.stdin is not None
+        await server.stdin.send_all(b"the answer\n")
+        await server.stdin.aclose()  # its end of input closes the vchan
+        assert await wait(server) == 0
+    assert results[0].returncode == 0
+    assert results[0].stdout == b"the answer\n"
+
+
+async def test_a_gigabyte_through_pipes_arrives_byte_exact(sim: SimulatedHost) -> None:
+    size = 1 << 30
+    sent, received = hashlib.sha256(), hashlib.sha256()
+    count = 0
+    started = trio.current_time()
+    async with (
+        cli(domain_environ(sim, 2), "cat", "-l", "1", "big") as receiver,
+        cli(
+            domain_environ(sim, 1),
+            "cat",
+            "2",
+            "big",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        ) as sender,
+    ):
+        assert sender.stdin is not None
+        assert receiver.stdout is not None
+        source, sink = sender.stdin, receiver.stdout
+
+        async def feed() -> None:
+            for block in blocks(size):
+                sent.update(block)
+                await source.send_all(block)
+            await source.aclose()
+
+        with trio.fail_after(10 * TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(feed)
+                while chunk := await sink.receive_some(MiB):
+                    received.update(chunk)
+                    count += len(chunk)
+        assert (await wait(sender), await wait(receiver)) == (0, 0)
+    elapsed = trio.current_time() - started
+    assert count == size
+    assert received.hexdigest() == sent.hexdigest()
+    print(f"1 GiB through two cat processes in {elapsed:.1f} s: {size / MiB / elapsed:.0f} MiB/s")
+
+
+# -- cat: endings -------------------------------------------------------------------------------
+
+
+async def test_stdout_closed_early_ends_quietly(sim: SimulatedHost) -> None:
+    """``trio-vchan cat 2 foo | head``: the reader's early exit is status 141, no message;
+    the endless sender learns that the peer closed."""
+    cli_text = " ".join(CLI)
+    with zeros_file() as zeros:
+        async with cli(domain_environ(sim, 2), "cat", "-l", "1", "endless", stdin=zeros) as sender:
+            with trio.fail_after(TIMEOUT):
+                head = await trio.run_process(
+                    [
+                        "bash",
+                        "-c",
+                        f"{cli_text} cat 2 endless | head -c 100000 | wc -c;"
+                        ' echo "${PIPESTATUS[0]}" >&2',
+                    ],
+                    env=domain_environ(sim, 1),
+                    stdin=DEVNULL,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                )
+            assert head.stdout.split() == [b"100000"]
+            assert head.stderr.split() == [b"141"]  # nothing but the status we echoed
+            assert await wait(sender) == ExitStatus.FAILURE
+            assert sender.stderr is not None
+            message = (await read_all(sender.stderr)).decode()
+            assert message == "trio-vchan cat: the peer closed the vchan before the end of stdin\n"
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGINT, ExitStatus.INTERRUPTED), (signal.SIGTERM, ExitStatus.TERMINATED)],
+)
+async def test_signal_while_waiting_for_a_client_withdraws(
+    sim: SimulatedHost, signum: int, status: int
+) -> None:
+    async with cli(domain_environ(sim, 0), "cat", "--progress", "-l", "4", "wait") as server:
+        # the note comes after the signal handlers are in place
+        assert b"waiting for domain 4" in await read_until(server.stderr, b"waiting")
+        server.send_signal(signum)
+        assert await wait(server) == status
+        no_traceback(await read_all(server.stderr))
+    # the fixture checks that the advertisement and the pages are gone
+
+
+@pytest.mark.parametrize(
+    ("interrupted", "other_status"),
+    [
+        # the server only received: the close is the end of its stream
+        ("client", ExitStatus.OK),
+        # the client's stdin had supplied data and not ended: not all of it may have gone
+        ("server", ExitStatus.FAILURE),
+    ],
+)
+async def test_ctrl_c_closes_the_vchan_cleanly(
+    sim: SimulatedHost, interrupted: str, other_status: int
+) -> None:
+    async with (
+        cli(domain_environ(sim, 1), "cat", "-l", "2", "chat", stdin=subprocess.PIPE) as server,
+        cli(domain_environ(sim, 2), "cat", "1", "chat", stdin=subprocess.PIPE) as client,
+    ):
+        assert client.stdin is not None
+        await client.stdin.send_all(b"hello\n")
+        assert await read_until(server.stdout, b"\n") == b"hello\n"  # connected, data moved
+        target, other = (client, server) if interrupted == "client" else (server, client)
+        target.send_signal(signal.SIGINT)
+        assert await wait(target) == ExitStatus.INTERRUPTED
+        assert await wait(other) == other_status  # both stdins are still open
+        no_traceback(await read_all(target.stderr))
+        message = b"the peer closed the vchan before the end of stdin\n" if other_status else b""
+        assert (await read_all(other.stderr)).endswith(message)
+
+
+@pytest.mark.parametrize("killed", ["receiver", "sender"])
+async def test_a_peer_that_dies(sim: SimulatedHost, killed: str) -> None:
+    """SIGKILL one end mid-transfer. The sender fails (status 1); the receiver ends as at a
+    close (status 0): in vchan, a dead peer's live byte is cleared just as a closing one's."""
+    with zeros_file() as zeros:
+        async with (
+            cli(domain_environ(sim, 2), "cat", "-l", "1", "doomed") as receiver,
+            cli(domain_environ(sim, 1), "cat", "2", "doomed", stdin=zeros) as sender,
+        ):
+            assert receiver.stdout is not None
+            assert await receiver.stdout.receive_some(MiB)  # data is flowing
+            if killed == "receiver":
+                receiver.kill()
+                assert await wait(sender) == ExitStatus.FAILURE
+                assert b"the peer closed the vchan before the end of stdin" in await read_all(
+                    sender.stderr
+                )
+            else:
+                sender.kill()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(read_all, receiver.stdout)  # drain what is left
+                    assert await wait(receiver) == ExitStatus.OK
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+async def send_with_options(sim: SimulatedHost, *options: str) -> bytes:
+    """Send 4 MiB with ``options``; return the sender's stderr."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_cli, domain_environ(sim, 2), "cat", "-l", "1", "progress")
+        sender = await run_cli(
+            domain_environ(sim, 1), "cat", *options, "2", "progress", stdin=bytes(4 * MiB)
+        )
+    assert sender.returncode == 0
+    return sender.stderr
+
+
+async def test_progress_forced_reports_the_rate(sim: SimulatedHost) -> None:
+    stderr = (await send_with_options(sim, "--progress")).decode()
+    final = stderr.replace("\x1b[K", "").split("\r")[-1]
+    assert re.fullmatch(r"sent 4\.00 MiB, received 0 B in [\d.]+ s \([\d.]+ \S+/s\)\n", final)
+
+
+async def test_quiet_prints_nothing(sim: SimulatedHost) -> None:
+    assert await send_with_options(sim, "--quiet") == b""
+
+
+async def test_progress_by_default_on_a_terminal(sim: SimulatedHost) -> None:
+    controller, terminal = os.openpty()
+    try:
+        stderr = await send_with_options_on(sim, terminal, controller)
+    finally:
+        os.close(controller)
+    assert b"sent 4.00 MiB, received 0 B in" in stderr
+
+
+async def send_with_options_on(sim: SimulatedHost, terminal: int, controller: int) -> bytes:
+    async with (
+        trio.open_nursery() as nursery,
+        cli(
+            domain_environ(sim, 1), "cat", "2", "tty", stdin=subprocess.PIPE, stderr=terminal
+        ) as sender,
+    ):
+        os.close(terminal)
+        nursery.start_soon(run_cli, domain_environ(sim, 2), "cat", "-l", "1", "tty")
+        assert sender.stdin is not None
+        await sender.stdin.send_all(bytes(4 * MiB))
+        await sender.stdin.aclose()
+        assert await wait(sender) == 0
+    output = b""
+    os.set_blocking(controller, False)
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except (BlockingIOError, OSError):  # EIO: the terminal's last writer is gone
+            break
+        if not chunk:
+            break
+        output += chunk
+    return output
+
+
+# -- proxy ------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def socket_service(kind: str, tmp_path: Path, expected: int) -> AsyncIterator[list[str]]:
+    """A Unix or TCP server that answers one line in capitals, then closes. The first
+    ``expected`` connections are answered only once all of them are open (proving that they
+    are served at the same time). Yields the proxy's ``--unix``/``--tcp`` arguments."""
+    if kind == "unix":
+        path = str(tmp_path / "service.sock")
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.bind(path)
+        sock.listen(16)
+        listeners = [trio.SocketListener(sock)]
+        target = ["--unix", path]
+    else:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        target = ["--tcp", f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"]
+    together = trio.Event()
+    opened = 0
+
+    async def answer(stream: trio.SocketStream) -> None:
+        nonlocal opened
+        async with stream:
+            opened += 1
+            if opened == expected:
+                together.set()
+            line = await read_until(stream, b"\n")
+            if opened <= expected:
+                await together.wait()
+            await stream.send_all(line.upper())
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, answer, listeners)
+        yield target
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+async def test_proxy_serves_vchan_clients_at_once(
+    sim: SimulatedHost, tmp_path: Path, kind: str
+) -> None:
+    """``proxy -l 1,2,3``: vchan clients of three domains served at the same time, then
+    clients that reconnect. (Clients of one domain must not race for one advertisement: the
+    loser of such a race fails, as with libxenvchan.)"""
+    async with (
+        socket_service(kind, tmp_path, expected=3) as target,
+        cli(domain_environ(sim, 0), "proxy", "-l", "1,2,3", "svc", *target) as proxy,
+    ):
+
+        async def ask(domid: int, question: bytes) -> None:
+            args = ("cat", "--keep-open", "0", "svc")
+            result = await run_cli(domain_environ(sim, domid), *args, stdin=question)
+            assert (result.returncode, result.stdout) == (0, question.upper()), result.stderr
+
+        async with trio.open_nursery() as nursery:
+            for domid, question in [(1, b"one\n"), (2, b"two\n"), (3, b"three\n")]:
+                nursery.start_soon(ask, domid, question)
+        await ask(2, b"again\n")
+        await ask(2, b"and again\n")
+        proxy.send_signal(signal.SIGINT)
+        assert await wait(proxy) == ExitStatus.INTERRUPTED
+        log = (await read_all(proxy.stderr)).decode()
+        no_traceback(log.encode())
+        assert "connection 5: the socket end closed; sent 10 B, received 10 B in" in log
+
+
+@asynccontextmanager
+async def vchan_service(sim: SimulatedHost, client_domid: int, port: str) -> AsyncIterator[None]:
+    """A vchan server in dom0 (in this process) that answers one line in capitals."""
+    backend = sim.backend(0)
+
+    async def answer(stream: VchanStream) -> None:
+        async with stream:
+            line = await read_until(stream, b"\n")
+            await stream.send_all(line.upper())
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve_vchan, answer, [client_domid], port, backend=backend))
+            yield
+            nursery.cancel_scope.cancel()
+    finally:
+        backend.close()
+
+
+async def socket_connect(address: str) -> trio.SocketStream:
+    if address.startswith("/"):
+        return await trio.open_unix_socket(address)
+    host, _, port = address.rpartition(":")
+    return await trio.open_tcp_stream(host, int(port))
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+async def test_proxy_listens_on_a_socket(sim: SimulatedHost, tmp_path: Path, kind: str) -> None:
+    """``proxy 0 svc --unix PATH`` / ``--tcp :0``: socket clients, one vchan connection each,
+    in turn."""
+    target = ["--unix", str(tmp_path / "proxy.sock")] if kind == "unix" else ["--tcp", ":0"]
+    async with (
+        vchan_service(sim, 1, "svc"),
+        cli(domain_environ(sim, 1), "proxy", "0", "svc", *target) as proxy,
+    ):
+        banner = (await read_until(proxy.stderr, b"\n")).decode()
+        found = re.search(r"listening on (\S+),", banner)
+        assert found is not None, banner
+        address = found.group(1)
+
+        async def ask(question: bytes) -> None:
+            with trio.fail_after(TIMEOUT):
+                async with await socket_connect(address) as stream:
+                    await stream.send_all(question)
+                    assert await read_all(stream) == question.upper()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, b"first\n")
+            nursery.start_soon(ask, b"second\n")  # waits its turn
+        await ask(b"third\n")
+        proxy.send_signal(signal.SIGTERM)
+        assert await wait(proxy) == ExitStatus.TERMINATED
+        no_traceback(await read_all(proxy.stderr))
+    if kind == "unix":
+        assert not (tmp_path / "proxy.sock").exists()
+
+
+async def test_proxy_reports_a_socket_it_cannot_reach(sim: SimulatedHost, tmp_path: Path) -> None:
+    missing = str(tmp_path / "nobody.sock")
+    async with cli(domain_environ(sim, 0), "proxy", "-l", "1", "svc", "--unix", missing) as proxy:
+        result = await run_cli(domain_environ(sim, 1), "cat", "0", "svc", stdin=b"anyone?")
+        # the proxy closes the vchan at once; the client's data may or may not have gone in
+        assert result.returncode in (ExitStatus.OK, ExitStatus.FAILURE)
+        assert b"cannot connect to " + missing.encode() in await read_until(
+            proxy.stderr, b"No such file"
+        )
+        proxy.send_signal(signal.SIGINT)
+        assert await wait(proxy) == ExitStatus.INTERRUPTED
+
+
+# -- the simulated host and the README's demo ---------------------------------------------------
+
+
+async def test_sim_runs_both_ends(tmp_path: Path) -> None:
+    source, copy = tmp_path / "source", tmp_path / "copy"
+    source.write_bytes(b"".join(blocks(5 * MiB + 3)))
+    script = (
+        f'{" ".join(CLI)} cat --domid 2 -l 1 foo > "$1" &'
+        f' {" ".join(CLI)} cat --domid 1 2 foo < "$2"; wait $!'
+    )
+    result = await run_cli(
+        clean_environ(), "sim", "--", "sh", "-c", script, "sh", str(copy), str(source)
+    )
+    assert result.returncode == 0, result.stderr
+    assert copy.read_bytes() == source.read_bytes()
+
+
+async def test_demo_script(tmp_path: Path) -> None:
+    environ = {**clean_environ(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    if shutil.which("trio-vchan", path=environ["PATH"]) is None:
+        pytest.skip("the trio-vchan console script is not installed")
+    with trio.fail_after(TIMEOUT):
+        result = await trio.run_process(
+            ["bash", str(REPO / "scripts" / "demo-transfer.sh"), "--no-install", "--size", "8"],
+            env={**environ, "TMPDIR": str(tmp_path)},
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    assert re.search(rb"OK: 8 MiB arrived intact at [\d.]+ \S+/s\n\Z", result.stdout)
+    assert list(await trio.Path(tmp_path).iterdir()) == []  # the data and the copy were removed

@@ -1,0 +1,159 @@
+"""``trio-vchan cat``: standard input and output over a vchan, compatible with xencat."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import AbstractAsyncContextManager
+from functools import partial
+
+import trio
+
+from .. import _api
+from .._backend import Backend
+from .._stream import VchanStream
+from ._bridge import Ending, Local, LocalError, Transfer, bridge
+from ._options import add_domain_options, add_output_options, domid, port, subcommand_parser
+from ._platform import open_backend
+from ._progress import ProgressLine
+from ._signals import run_interruptible
+from ._status import CommandError, ExitStatus, describe
+from ._stdio import open_stdin, open_stdout, stderr_is_terminal, stdin_is_null
+
+DESCRIPTION = """\
+Connect standard input and output to a vchan, as xencat does.
+
+With -l, this domain is the vchan server: it waits for one connection from domain DOMID on
+PORT. Without -l it is the client: it connects to the server in domain DOMID (waiting until
+that server is there). Standard input goes to the vchan, the vchan to standard output.
+
+vchan has no half-close, so cat ends when either direction ends:
+  - the peer closes the vchan: whatever it sent is written out, then cat exits (with
+    status 1 if standard input had supplied data but not ended: not all of it was sent);
+  - standard input ends: once all of it is in the vchan, cat closes the vchan (the peer
+    still receives every byte) and exits. With --keep-open it instead goes on receiving
+    until the peer closes. A standard input that is /dev/null (as a script's background
+    jobs get) or closed counts as nothing to send: cat only receives.
+"""
+
+EPILOG = """\
+examples:
+  trio-vchan cat -l 1 foo > copy-of-foo     # on domain 2: receive a file from domain 1
+  trio-vchan cat 2 foo < foo                # on domain 1: send it
+  trio-vchan cat 0 log | head               # read the first lines a server in dom0 sends
+  echo status | trio-vchan cat --keep-open 0 control   # a request, then its whole answer
+  # both ends on one simulated host:
+  trio-vchan sim -- sh -c 'trio-vchan cat --domid 2 -l 1 foo > copy &
+                           trio-vchan cat --domid 1 2 foo < foo; wait'
+
+exit status:
+  0    done: everything read was delivered
+  1    the vchan, the peer or the platform failed, or the peer closed the vchan after
+       standard input had supplied data and before it ended
+  2    bad command line
+  130  interrupted (SIGINT, Ctrl-C); 143: SIGTERM. The vchan was closed cleanly.
+  141  standard output was closed early (| head); nothing is printed
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``cat`` subcommand to ``subparsers``."""
+    parser = subcommand_parser(
+        subparsers,
+        "cat",
+        help="connect stdin and stdout to a vchan (xencat)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+    )
+    parser.add_argument(
+        "-l",
+        "--listen",
+        action="store_true",
+        help="be the server: wait for a connection from domain DOMID",
+    )
+    parser.add_argument(
+        "peer", type=domid, metavar="DOMID", help="the other domain (the client with -l)"
+    )
+    parser.add_argument(
+        "port", type=port, metavar="PORT", help="the vchan's name ([a-zA-Z0-9_-]+) or path"
+    )
+    parser.add_argument(
+        "--keep-open",
+        action="store_true",
+        help="after standard input ends, keep receiving until the peer closes the vchan",
+    )
+    add_domain_options(parser)
+    add_output_options(
+        parser,
+        progress_help=(
+            "show bytes moved and the rate on stderr (default: when stderr is a terminal and"
+            " stdout is not)"
+        ),
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run ``trio-vchan cat``; return the exit status."""
+    return await run_interruptible(partial(_cat, args))
+
+
+def _wants_progress(requested: bool | None) -> bool:
+    if requested is not None:
+        return requested
+    return stderr_is_terminal() and not os.isatty(1)
+
+
+def _open_vchan(
+    args: argparse.Namespace, backend: Backend
+) -> AbstractAsyncContextManager[VchanStream]:
+    if args.listen:
+        size: int = args.buffer_size
+        return _api.serve(args.peer, args.port, read_size=size, write_size=size, backend=backend)
+    return _api.connect(args.peer, args.port, backend=backend)
+
+
+async def _cat(args: argparse.Namespace) -> int:
+    progress = ProgressLine(sys.stderr) if _wants_progress(args.progress) else None
+    transfer = Transfer(observer=progress)
+    nothing_to_send = stdin_is_null()
+    with open_backend(args.domid) as backend:
+        if progress is not None:
+            role = "to connect" if args.listen else "to serve it"
+            progress.note(f"waiting for domain {args.peer} {role} on port {args.port!r}")
+        try:
+            async with _open_vchan(args, backend) as vchan, open_stdout() as stdout:
+                if progress is not None:
+                    progress.start()
+                return await _copy(vchan, stdout, args, transfer, nothing_to_send)
+        finally:
+            if progress is not None:
+                progress.finish(transfer)
+
+
+async def _copy(
+    vchan: VchanStream,
+    stdout: trio.abc.SendStream,
+    args: argparse.Namespace,
+    transfer: Transfer,
+    nothing_to_send: bool,
+) -> int:
+    stdin = None if nothing_to_send else open_stdin()
+    try:
+        ending = await bridge(
+            vchan,
+            Local(stdin, stdout, "stdin", "stdout"),
+            chunk_size=args.buffer_size,
+            transfer=transfer,
+            input_ends_session=not args.keep_open,
+        )
+    except LocalError as exc:
+        if exc.output_closed:
+            return ExitStatus.OUTPUT_CLOSED
+        raise CommandError(describe(exc)) from None
+    finally:
+        if stdin is not None:
+            stdin.close()
+    if ending is Ending.PEER_CLOSED_DURING_INPUT:
+        raise CommandError("the peer closed the vchan before the end of stdin")
+    return ExitStatus.OK

@@ -1,0 +1,78 @@
+"""The ``trio-vchan`` command: its parser, and running the chosen subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+import trio
+
+from .. import _sim_cli
+from .._version import __version__
+from . import _cat, _proxy
+from ._status import ExitStatus, report
+
+PROG: Final = "trio-vchan"
+
+DESCRIPTION = """\
+Xen vchan from the command line: byte streams between Xen domains through shared memory,
+or between processes of a simulated Xen host (`trio-vchan sim`).
+"""
+
+EPILOG = """\
+examples:
+  trio-vchan cat -l 1 foo > copy-of-foo     # on domain 2: receive a file from domain 1
+  trio-vchan cat 2 foo < foo                # on domain 1: send it
+  trio-vchan proxy -l 1 web --tcp 127.0.0.1:80
+  trio-vchan sim -- sh -c 'trio-vchan cat --domid 2 -l 1 foo > copy &
+                           trio-vchan cat --domid 1 2 foo < foo; wait'
+
+Run `trio-vchan COMMAND --help` for each command's options, examples and exit statuses.
+"""
+
+AddParser = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+Runner = Callable[[argparse.Namespace], Awaitable[int]]
+
+#: Each subcommand's ``add_parser`` and ``run``, in the order of ``--help``.
+_SUBCOMMANDS: Final[dict[str, tuple[AddParser, Runner]]] = {
+    "cat": (_cat.add_parser, _cat.run),
+    "proxy": (_proxy.add_parser, _proxy.run),
+    "sim": (_sim_cli.add_parser, _sim_cli.run),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``trio-vchan`` and all its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+    for add_parser, _ in _SUBCOMMANDS.values():
+        add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``trio-vchan`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    A bad command line exits with status 2 (argparse's ``SystemExit``).
+    """
+    args = build_parser().parse_args(argv)
+    _, run = _SUBCOMMANDS[args.subcommand]
+    prog = f"{PROG} {args.subcommand}"
+    try:
+        return trio.run(run, args)
+    except KeyboardInterrupt:  # before the command watched for SIGINT itself
+        return ExitStatus.INTERRUPTED
+    except Exception as exc:
+        return report(prog, exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""``trio-vchan proxy``: forward connections between vchans and a socket.
+
+Like Xen's vchan-socket-proxy: a connection that arrives on one side is forwarded as a new
+connection on the other side, so the socket end always does the opposite of the vchan end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from functools import partial
+from typing import Final, TextIO
+
+import trio
+
+from .. import _api
+from .._backend import Backend
+from .._errors import ProtocolError
+from .._stream import VchanStream
+from ._bridge import Ending, Local, LocalError, Transfer, bridge
+from ._options import add_domain_options, add_output_options, domids, port, subcommand_parser
+from ._platform import open_backend
+from ._progress import summary
+from ._signals import run_interruptible
+from ._sockets import Address, describe_listeners, tcp_address, unix_address
+from ._status import CommandError, ExitStatus, describe
+
+DESCRIPTION = """\
+Forward connections between vchans and a Unix or TCP socket, as Xen's vchan-socket-proxy.
+
+With -l, this domain serves vchan PORT to the client domains listed: every vchan connection
+from one of them is forwarded to a new connection to the socket (--unix PATH or --tcp
+HOST:PORT), several at once. Without -l, the proxy listens on the socket: every connection
+accepted there is forwarded to a new vchan connection to the server in domain DOMID, one
+after another (others wait their turn).
+
+A connection ends when either side closes (vchan has no half-close); the proxy runs until
+interrupted. It prints a line for each connection on stderr, unless --quiet.
+"""
+
+EPILOG = """\
+examples:
+  # in dom0: let domains 1 and 2 reach the local web server through vchan port "web"
+  trio-vchan proxy -l 1,2 web --tcp 127.0.0.1:80
+  # in domain 1: make that port a local Unix socket, then use it
+  trio-vchan proxy 0 web --unix /run/web.sock &
+  curl --unix-socket /run/web.sock http://dom0/
+  # TCP port 8080 of domain 1 (localhost only) leads to the server in domain 3
+  trio-vchan proxy 3 api --tcp :8080
+
+exit status:
+  1    the platform failed (a failed connection is only reported: the proxy goes on)
+  2    bad command line
+  130  stopped by SIGINT (Ctrl-C); 143: SIGTERM. Open connections were closed cleanly.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``proxy`` subcommand to ``subparsers``."""
+    parser = subcommand_parser(
+        subparsers,
+        "proxy",
+        help="forward connections between vchans and a Unix or TCP socket",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+    )
+    parser.add_argument(
+        "-l",
+        "--listen",
+        action="store_true",
+        help="serve the vchan to the domains DOMID,... and connect to the socket",
+    )
+    parser.add_argument(
+        "peers",
+        type=domids,
+        metavar="DOMID[,DOMID...]",
+        help="the server domain; with -l, the client domains",
+    )
+    parser.add_argument(
+        "port", type=port, metavar="PORT", help="the vchan's name ([a-zA-Z0-9_-]+) or path"
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--unix",
+        dest="target",
+        type=unix_address,
+        metavar="PATH",
+        help="a Unix socket: connect to it with -l, else create it and listen",
+    )
+    target.add_argument(
+        "--tcp",
+        dest="target",
+        type=tcp_address,
+        metavar="[HOST]:PORT",
+        help=(
+            "a TCP address (default host 127.0.0.1; [::1] for IPv6; 0.0.0.0 for every"
+            " interface): connect to it with -l, else listen on it (port 0: any free port)"
+        ),
+    )
+    add_domain_options(parser)
+    add_output_options(parser, progress_help="print a line for each connection (the default)")
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run ``trio-vchan proxy`` until interrupted; return the exit status."""
+    if not args.listen and len(args.peers) > 1:
+        raise CommandError(
+            "only a listening proxy (-l) serves several domains; connect to one server",
+            ExitStatus.USAGE,
+        )
+    return await run_interruptible(partial(_proxy, args))
+
+
+_ENDINGS: Final = {
+    Ending.PEER_CLOSED: "the vchan peer closed",
+    Ending.PEER_CLOSED_DURING_INPUT: "the vchan peer closed",
+    Ending.INPUT_ENDED: "the socket end closed",
+}
+
+
+class _Log:
+    """The proxy's lines on stderr, and the connection numbers they name."""
+
+    def __init__(self, quiet: bool, out: TextIO = sys.stderr) -> None:
+        self._quiet = quiet
+        self._out = out
+        self._count = 0
+
+    def next_number(self) -> int:
+        self._count += 1
+        return self._count
+
+    def note(self, message: str) -> None:
+        if not self._quiet:
+            self.failure(message)
+
+    def failure(self, message: str) -> None:
+        print(f"trio-vchan proxy: {message}", file=self._out, flush=True)
+
+
+async def _proxy(args: argparse.Namespace) -> int:
+    log = _Log(quiet=args.progress is False)
+    with open_backend(args.domid) as backend:
+        if args.listen:
+            await _serve_vchan(args, backend, log)
+        else:
+            await _serve_socket(args, backend, log)
+    return ExitStatus.OK  # not reached: both serve until cancelled
+
+
+async def _forward(
+    number: int, vchan: VchanStream, sock: trio.SocketStream, args: argparse.Namespace, log: _Log
+) -> None:
+    """Bridge one connection and report how it ended."""
+    transfer = Transfer()
+    started = time.monotonic()
+    log.note(f"connection {number}: open")
+    try:
+        ending = await bridge(
+            vchan,
+            Local(sock, sock, "the socket", "the socket"),
+            chunk_size=args.buffer_size,
+            transfer=transfer,
+        )
+    except (trio.BrokenResourceError, LocalError) as exc:
+        log.failure(f"connection {number}: {describe(exc)}")
+    else:
+        outcome = summary(transfer, time.monotonic() - started)
+        log.note(f"connection {number}: {_ENDINGS[ending]}; {outcome}")
+
+
+async def _serve_vchan(args: argparse.Namespace, backend: Backend, log: _Log) -> None:
+    target: Address = args.target
+
+    async def handle(vchan: VchanStream) -> None:
+        number = log.next_number()
+        async with vchan:
+            try:
+                sock = await target.connect()
+            except OSError as exc:
+                log.failure(f"connection {number}: cannot connect to {target}: {exc}")
+                return
+            async with sock:
+                await _forward(number, vchan, sock, args, log)
+
+    domains = ", ".join(map(str, args.peers))
+    plural = "s" if len(args.peers) > 1 else ""
+    log.note(f"serving port {args.port!r} to domain{plural} {domains}, forwarding to {target}")
+    size: int = args.buffer_size
+    await _api.serve_vchan(
+        handle, args.peers, args.port, read_size=size, write_size=size, backend=backend
+    )
+
+
+async def _serve_socket(args: argparse.Namespace, backend: Backend, log: _Log) -> None:
+    target: Address = args.target
+    (server,) = args.peers
+    turn = trio.Lock()  # one vchan connection at a time, as vchan-socket-proxy
+
+    async def handle(sock: trio.SocketStream) -> None:
+        async with sock, turn:
+            number = log.next_number()
+            try:
+                vchan = await _api.open_vchan_stream(server, args.port, backend=backend)
+            except (OSError, ProtocolError) as exc:
+                log.failure(f"connection {number}: cannot connect to the vchan: {describe(exc)}")
+                return
+            async with vchan:
+                await _forward(number, vchan, sock, args, log)
+
+    async with target.listen() as listeners:
+        where = describe_listeners(listeners)
+        log.note(f"listening on {where}, forwarding to port {args.port!r} of domain {server}")
+        await trio.serve_listeners(handle, listeners)
