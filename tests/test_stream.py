@@ -283,7 +283,7 @@ async def test_two_clients_of_one_domain_racing_for_one_advertisement(sim: Simul
         async def serve_two() -> None:
             for _ in range(2):
                 async with await listener.accept() as stream:
-                    served.append(await stream.receive_some())
+                    served.append(bytes(await stream.receive_some()))
 
         async def client(message: bytes) -> None:
             async with trio_vchan.connect(SERVER, "race", backend=client_backend) as stream:
