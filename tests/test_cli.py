@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import pytest
 import trio
+from subprocess_paths import SAFE_PATH
 
 from trio_vchan import VchanStream, serve_vchan
 from trio_vchan._cli._progress import format_size
@@ -25,7 +26,7 @@ from trio_vchan._cli._status import ExitStatus
 from trio_vchan.sim import ENV_DIR, ENV_DOMID, SimulatedHost
 
 TIMEOUT = 60  # generous: these machines are small and shared
-CLI = (sys.executable, "-m", "trio_vchan")
+CLI = (sys.executable, *SAFE_PATH, "-m", "trio_vchan")
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 

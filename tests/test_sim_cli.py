@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import trio
+from subprocess_paths import SAFE_PATH
 
 TIMEOUT = 60
-CLI = [sys.executable, "-m", "trio_vchan._sim_cli"]
+CLI = [sys.executable, *SAFE_PATH, "-m", "trio_vchan._sim_cli"]
 
 CHILD = """
 import os, sys
@@ -29,7 +30,10 @@ async def test_runs_a_command_inside_a_host() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIO_VCHAN_")}
     with trio.fail_after(TIMEOUT):
         result = await trio.run_process(
-            [*CLI, "--", sys.executable, "-c", CHILD], env=env, check=False, capture_stdout=True
+            [*CLI, "--", sys.executable, *SAFE_PATH, "-c", CHILD],
+            env=env,
+            check=False,
+            capture_stdout=True,
         )
     assert result.returncode == 3
     directory, domid = result.stdout.decode().split()
@@ -41,7 +45,10 @@ async def test_command_keeps_its_domid() -> None:
     env = {**os.environ, "TRIO_VCHAN_DOMID": "7"}
     with trio.fail_after(TIMEOUT):
         result = await trio.run_process(
-            [*CLI, "--", sys.executable, "-c", CHILD], env=env, check=False, capture_stdout=True
+            [*CLI, "--", sys.executable, *SAFE_PATH, "-c", CHILD],
+            env=env,
+            check=False,
+            capture_stdout=True,
         )
     assert result.returncode == 3
     assert result.stdout.split()[1] == b"7"
