@@ -45,3 +45,72 @@ def bench(session: nox.Session) -> None:
     """Measure vchan against its baselines; writes bench/results.json and docs/performance.*."""
     session.install(".", "matplotlib")
     session.run("python", "bench/run.py", "--docs", "docs", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def xen(session: nox.Session) -> None:
+    """Boot Xen 4.17 under QEMU and test trio-vchan between dom0 and a PV domU (as root).
+
+    Installs qemu-system-x86 and friends with apt-get if missing, unpacks (never installs)
+    Debian's Xen and kernel packages into $TRIO_VCHAN_XENVM (default /tmp/trio-vchan-xen),
+    builds the guest images and runs tests/xen/dom0-tests.sh in dom0. Arguments after ``--``
+    go to pytest in dom0 (``nox -s xen -- -k proxy``). See docs/xen.md.
+    """
+    import os
+    import shlex
+    import shutil
+    import time
+    import xml.etree.ElementTree as ElementTree
+
+    xenvm = os.environ.get("TRIO_VCHAN_XENVM", "/tmp/trio-vchan-xen")
+    env = {"XENVM": xenvm}
+    phases: list[str] = []
+    mark = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        phases.append(f"{name} {time.monotonic() - mark:.0f}s")
+        mark = time.monotonic()
+
+    session.run("tests/xen/prepare.sh", env=env, external=True)
+    phase("prepare")
+    # Not editable: the guests get copies of the installed package (guest_site.py).
+    session.install(".", "pytest", "pytest-trio")
+    site = f"{xenvm}/site"
+    shutil.rmtree(site, ignore_errors=True)
+    session.run("python", "tests/xen/guest_site.py", site, "trio-vchan", "pytest", "pytest-trio")
+    guest_python = "/usr/bin/python3.11"  # Debian's: small, and the same minor as PYTHON
+    if not os.path.exists(guest_python):
+        found = session.run("python", "-c", "import sys; print(sys.executable)", silent=True)
+        guest_python = str(found).strip()
+    session.run(
+        "tests/xen/mk-images.sh",
+        env={**env, "SITE": site, "DOMU_PYTHON": guest_python},
+        external=True,
+    )
+    phase("images")
+    with open(f"{xenvm}/config", "w") as config:
+        config.write(f"PYTEST_ARGS={shlex.quote(shlex.join(session.posargs))}\n")
+    try:
+        session.run("tests/xen/run-xen.sh", "tests/xen/dom0-tests.sh", env=env, external=True)
+    finally:
+        phase("boot and tests")
+        junit = f"{xenvm}/out/junit.xml"
+        if os.path.exists(junit):
+            root = ElementTree.parse(junit).getroot()
+            suite = root.find("testsuite") if root.tag == "testsuites" else root
+            assert suite is not None, f"{junit} has no testsuite"
+            counts = {k: int(suite.get(k, "0")) for k in ("tests", "failures", "errors", "skipped")}
+            passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+            between = sum(
+                1 for case in suite.iter("testcase") if "test_real_xen" in case.get("classname", "")
+            )
+            session.log(
+                f"on real Xen (dom0 + PV domU, Xen 4.17 under QEMU): {counts['tests']} tests run"
+                f" ({between} between the two domains, the rest of the device layer in dom0),"
+                f" {passed} passed, {counts['failures']} failed, {counts['errors']} errors,"
+                f" {counts['skipped']} skipped"
+            )
+        else:
+            session.log(f"no test results: see {xenvm}/serial.log")
+        session.log("timings: " + ", ".join(phases))

@@ -143,13 +143,16 @@ async def advertise(backend: Backend, client_domid: int, path: str, orders: Ring
         refs: list[int] = []
         for order in (orders.left, orders.right):
             if order < 12:
-                rings.append(in_page_ring(page, order))
-                continue
-            share = backend.memory.share(client_domid, 1 << (order - 12))
-            cleanup.insert(0, share.close)
-            regions.append(share)
-            refs.extend(share.refs)
-            rings.append(share.buffer[: 1 << order])
+                view = in_page_ring(page, order)
+            else:
+                share = backend.memory.share(client_domid, 1 << (order - 12))
+                cleanup.insert(0, share.close)
+                regions.append(share)
+                refs.extend(share.refs)
+                view = share.buffer[: 1 << order]
+            # A live view keeps its pages from being released: drop it before them.
+            cleanup.insert(0, view.release)
+            rings.append(view)
         write_grants(page, refs)
         ring = RingEndpoint(page[:], read_ring=rings[0], write_ring=rings[1], role=Role.SERVER)
         cleanup.insert(0, ring.release)
@@ -220,7 +223,9 @@ async def _remove_if_empty(xs: XenStoreClient, directory: str) -> bool:
             await xs.rm(directory, tx=tx)
         except XenStoreError as exc:
             await xs.transaction_end(tx, commit=False)
-            if exc.errno in (errno.ENOENT, errno.EACCES):
+            # EIO: C xenstored 4.17's answer when another connection removed the directory
+            # after this transaction read it (reproduced on real Xen): gone already, as ENOENT.
+            if exc.errno in (errno.ENOENT, errno.EACCES, errno.EIO):
                 return False  # gone already, or not ours to remove
             raise
         try:
@@ -254,8 +259,10 @@ async def _remove_if_present(xs: XenStoreClient, path: str) -> None:
 
 def _parse_advertised(value: bytes, key: str, limit: int) -> int:
     text = value.decode("ascii", "replace")
-    if not (text.isascii() and text.isdecimal()) or not 0 < int(text) <= limit:
-        raise ProtocolError(f"the server advertised {key} = {text!r}, not a number 1..{limit}")
+    # At most 10 digits before int(): a node value can hold 2048 of them (4096 for dom0).
+    if not (text.isascii() and text.isdecimal() and len(text) <= 10) or not 0 < int(text) <= limit:
+        shown = repr(text) if len(text) <= 40 else f"{text[:32]!r}... ({len(value)} bytes)"
+        raise ProtocolError(f"the server advertised {key} = {shown}, not a number 1..{limit}")
     return int(text)
 
 
@@ -287,40 +294,59 @@ async def attach(backend: Backend, server_domid: int, path: str) -> Endpoint:
         while True:
             advertisement = await _read_advertisement(xs, path)
             if advertisement is not None:
-                try:
-                    return _attach_to(backend, server_domid, path, *advertisement)
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
+                endpoint = _attach_to(backend, server_domid, path, *advertisement)
+                if endpoint is not None:
+                    return endpoint
             await xs.next_watch_event()
+
+
+def _check_grants(grants: tuple[list[int], list[int]]) -> tuple[list[int], list[int]]:
+    """Refuse grant ref 0 (the toolstack's, never a vchan's): backends may refuse it as an
+    argument rather than as a missing grant (the simulated host raises ValueError)."""
+    for name, refs in zip(("left", "right"), grants, strict=True):
+        if 0 in refs:
+            raise ProtocolError(f"the shared page lists grant ref 0 for the {name} ring")
+    return grants
 
 
 def _attach_to(
     backend: Backend, server_domid: int, path: str, ring_ref: int, port: int
-) -> Endpoint:
-    """Bind, map, validate and announce, for one advertisement."""
-    cleanup: list[Callable[[], None]] = []
+) -> Endpoint | None:
+    """Bind, map, validate and announce, for one advertisement.
+
+    Returns None if the advertised port cannot be bound (EINVAL: another client took it, or
+    its server is gone), so that the caller waits for a fresh advertisement. Any later
+    failure, an EINVAL from mapping included, is raised: it is this advertisement's fault.
+    """
     try:
         channel = backend.events.bind_interdomain(server_domid, port)
-        cleanup.append(channel.close)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return None
+        raise
+    cleanup: list[Callable[[], None]] = [channel.close]
+    try:
         page_map = backend.memory.map(server_domid, [ring_ref], writable=True)
         cleanup.insert(0, page_map.close)
         page_map.set_unmap_notify(CLI_LIVE, channel.port)
         regions: list[Share | Mapping] = [page_map]
         page = page_map.buffer
         orders = read_orders(page)  # copied once, validated
-        grants = read_grants(page, orders)
+        grants = _check_grants(read_grants(page, orders))
         rings: list[memoryview] = []
         for order, refs, writable in zip(
             (orders.left, orders.right), grants, (True, False), strict=True
         ):
             if order < 12:
-                rings.append(in_page_ring(page, order))
-                continue
-            mapping = backend.memory.map(server_domid, refs, writable=writable)
-            cleanup.insert(0, mapping.close)
-            regions.append(mapping)
-            rings.append(mapping.buffer[: 1 << order])
+                view = in_page_ring(page, order)
+            else:
+                mapping = backend.memory.map(server_domid, refs, writable=writable)
+                cleanup.insert(0, mapping.close)
+                regions.append(mapping)
+                view = mapping.buffer[: 1 << order]
+            # Should mapping the next ring fail, this view must go before its pages can.
+            cleanup.insert(0, view.release)
+            rings.append(view)
         ring = RingEndpoint(page[:], read_ring=rings[1], write_ring=rings[0], role=Role.CLIENT)
         cleanup.insert(0, ring.release)
         ring.request_data_notify()  # as libxenvchan's srv_notify = VCHAN_NOTIFY_WRITE
