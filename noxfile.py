@@ -114,3 +114,45 @@ def xen(session: nox.Session) -> None:
         else:
             session.log(f"no test results: see {xenvm}/serial.log")
         session.log("timings: " + ", ".join(phases))
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """The hostile-peer harness at full size: 100000 mutations of the shared page and rings.
+
+    Prints the seed; ``TRIO_VCHAN_HOSTILE_SEED=S nox -s fuzz`` replays a run, and a failure
+    names the episode to replay alone (``TRIO_VCHAN_HOSTILE_EPISODE``).
+    """
+    session.install(".[test]")
+    session.run(
+        "pytest",
+        "tests/test_hostile_peer.py",
+        "-k",
+        "fuzz",
+        "-s",
+        *session.posargs,
+        env={"TRIO_VCHAN_HOSTILE_MUTATIONS": "100000"},
+    )
+
+
+@nox.session(python=PYTHON)
+def crash(session: nox.Session) -> None:
+    """SIGKILL either side at random points of a transfer, 1000 times; nothing may leak.
+
+    ``TRIO_VCHAN_CRASH_SEED=S nox -s crash`` replays the plans of a run.
+    """
+    session.install(".[test]")
+    session.run(
+        "pytest",
+        "tests/test_crash.py",
+        "-s",
+        *session.posargs,
+        env={"TRIO_VCHAN_CRASH_TRIALS": "1000"},
+    )
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """10 GiB each way between two processes, with checksums; RSS must stay flat."""
+    session.install(".")
+    session.run("python", "tests/soak.py", "--gib", "10", *session.posargs)

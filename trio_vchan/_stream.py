@@ -82,6 +82,7 @@ class VchanStream(trio.abc.Stream):
         self._closed = False
         self._broken: BaseException | None = None
         self._busy_poll = 0.0
+        self._at_end = False
         self._send_conflict = _ConflictDetector("another task is already sending on this vchan")
         self._receive_conflict = _ConflictDetector(
             "another task is already receiving on this vchan"
@@ -183,6 +184,8 @@ class VchanStream(trio.abc.Stream):
     def _try_receive(self, limit: int) -> bytes | bytearray | None:
         """One look at the ring: data, ``b""`` at end of stream, or None for "nothing yet"."""
         self._check_status()
+        if self._at_end:  # end of stream is final, whatever the peer writes afterwards
+            return b""
         ring = self._ring
         try:
             exited = ring.peer_live() is Live.EXITED  # read before the ring
@@ -191,7 +194,12 @@ class VchanStream(trio.abc.Stream):
                 self._channel.notify()
         except (ProtocolError, OSError) as exc:
             raise self._break(exc) from exc
-        return data if data or exited else None
+        if data:
+            return data
+        if exited:
+            self._at_end = True
+            return b""
+        return None
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -275,10 +283,16 @@ class VchanStream(trio.abc.Stream):
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_for_client(self) -> None:
-        """Server side of the handshake: return once the client has set ``cli_live``."""
+        """Server side of the handshake: return once the client has set ``cli_live``.
+
+        Raises:
+            ProtocolError: the client wrote a live byte the protocol does not allow (raised
+                as it is, so that a listener drops this client and advertises afresh).
+        """
         while True:
             token = self._notifier.token()
-            if self.peer_live() is not Live.WAITING:
+            self._check_status()
+            if self._ring.peer_live() is not Live.WAITING:
                 return
             await self._wait(token)
 
