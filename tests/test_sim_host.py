@@ -14,8 +14,9 @@ import pytest
 import trio
 from sim_agent import AgentError, agent
 
-from trio_vchan import BackendUnavailableError
+from trio_vchan import BackendUnavailableError, XenStoreError
 from trio_vchan._backend import PAGE_SIZE
+from trio_vchan._xenstore import WatchEvent, XenStoreClient
 from trio_vchan.sim import ENV_DIR, ENV_DOMID, SimEventChannel, SimulatedHost, backend_from_environ
 
 TIMEOUT = 60  # generous: these machines are small and shared
@@ -126,7 +127,162 @@ async def test_sigkill_of_the_granting_process(host: SimulatedHost) -> None:
     local.close()
 
 
+async def test_destroy_domain_across_processes(host: SimulatedHost) -> None:
+    """Domain 2 holds a mapping and a share with unmap-notifies and a channel with domain 1."""
+    async with (
+        agent(host.environ, 0) as dom0,
+        agent(host.environ, 1) as dom1,
+        agent(host.environ, 2) as dom2,
+    ):
+        channel = await dom1.call("bind_unbound", remote=2)
+        share1 = await dom1.call("share", remote=2, count=1)
+        await dom1.call("write", id=share1["id"], offset=30, hex="01")
+        peer = await dom2.call("bind_interdomain", remote=1, port=channel["port"])
+        mapping2 = await dom2.call("map", remote=1, refs=share1["refs"], writable=True)
+        await dom2.call("unmap_notify", id=mapping2["id"], offset=30, port=peer["port"])
+        share2 = await dom2.call("share", remote=1, count=1)
+        await dom2.call("write", id=share2["id"], offset=40, hex="01")
+        await dom2.call("unmap_notify", id=share2["id"], offset=40, port=peer["port"])
+        mapping1 = await dom1.call("map", remote=2, refs=share2["refs"], writable=False)
+        await dom2.call("xs_write", path="data/x", value="v")
+        for path, token in (("@releaseDomain", "released"), ("/local/domain/2", "home")):
+            await dom0.call("xs_watch", path=path, token=token)
+            assert await dom0.call("xs_next_event") == {"path": path, "token": token}
+        assert not (await dom1.call("readable", id=channel["id"]))["readable"]
+        assert not (await dom1.call("peer_closed", id=channel["id"]))["peer_closed"]
+
+        host.destroy_domain(2)
+
+        await dom1.call("wait", id=channel["id"])
+        assert (await dom1.call("read", id=share1["id"], offset=30, end=31))["hex"] == "00"
+        # domain 2's page stays mapped, its unmap-notify byte cleared
+        assert (await dom1.call("read", id=mapping1["id"], offset=40, end=41))["hex"] == "00"
+        assert (await dom1.call("peer_closed", id=channel["id"]))["peer_closed"]
+        with pytest.raises(AgentError) as gone:  # its reply follows the events: they are in
+            await dom0.call("xs_read", path="/local/domain/2/data/x")
+        assert gone.value.reply["errno"] == errno.ENOENT
+        assert await dom0.call("xs_next_event") == {"path": "/local/domain/2", "token": "home"}
+        assert await dom0.call("xs_next_event") == {"path": "@releaseDomain", "token": "released"}
+        # the domain's process is cut off, not killed
+        reply = await dom2.try_call("bind_unbound", remote=1)
+        assert reply["errno"] == errno.EPIPE, reply
+        assert not await (trio.Path(host.directory) / "domains" / "2").exists()
+        assert [leak for leak in host.leaks() if "destroyed" in leak] == [
+            f"destroyed domain 2 grant ref {share2['refs'][0]} (revoked but mapped, "
+            "to domain 1, mapped 1 times)"
+        ]
+        await dom2.exit()
+
+        # the same domid joins again as a fresh domain with its own grant table
+        async with agent(host.environ, 2) as again:
+            fresh = await again.call("share", remote=1, count=1)
+            assert fresh["refs"] == share2["refs"]
+            with pytest.raises(AgentError) as gone:
+                await again.call("xs_read", path="data/x")
+            assert gone.value.reply["errno"] == errno.ENOENT
+            mapped = await dom1.call("map", remote=2, refs=fresh["refs"], writable=False)
+            assert (await dom1.call("read", id=mapped["id"], offset=40, end=41))["hex"] == "00"
+            await again.call("write", id=fresh["id"], offset=40, hex="07")
+            assert (await dom1.call("read", id=mapped["id"], offset=40, end=41))["hex"] == "07"
+            # the old page is still the old page
+            assert (await dom1.call("read", id=mapping1["id"], offset=40, end=41))["hex"] == "00"
+            await dom1.call("close", id=mapped["id"])
+            await again.exit()
+        for held in (mapping1, share1, channel):
+            await dom1.call("close", id=held["id"])
+        await dom1.exit()
+        await dom0.exit()
+
+
 # -- in one process -------------------------------------------------------------------------------
+
+
+async def test_destroy_domain_in_process(host: SimulatedHost) -> None:
+    b0, b1, b2 = host.backend(0), host.backend(1), host.backend(2)
+    async with (
+        XenStoreClient(await b0.connect_xenstore()) as xs0,
+        XenStoreClient(await b2.connect_xenstore()) as xs2,
+    ):
+        await xs0.watch("@releaseDomain", "released")
+        assert await xs0.next_watch_event() == WatchEvent("@releaseDomain", "released")
+        await xs2.write("data/x", b"v")
+        await xs2.watch("data", "mine")
+        assert await xs2.next_watch_event() == WatchEvent("data", "mine")
+        server = b1.events.bind_unbound(2)
+        client = b2.events.bind_interdomain(1, server.port)
+        share = b1.memory.share(2, 1)
+        mapping = b2.memory.map(1, share.refs, writable=True)
+        share.buffer[5] = 1
+        mapping.set_unmap_notify(5, client.port)
+
+        host.destroy_domain(2)
+
+        assert share.buffer[5] == 0
+        # one event for the unmap-notify, then one for the closed port
+        assert os.eventfd_read(server.fileno()) == 2
+        assert isinstance(server, SimEventChannel)
+        assert server.peer_closed
+        for call in (lambda: b2.events.bind_unbound(1), lambda: b2.memory.share(1, 1)):
+            with pytest.raises(OSError, match="closed") as exc_info:
+                call()
+            assert exc_info.value.errno == errno.EPIPE
+        with trio.fail_after(TIMEOUT), pytest.raises(trio.BrokenResourceError):
+            await xs2.read("data/x")
+        # the events were queued before this reply, so they have arrived with it
+        assert await xs0.read("domid") == b"0"
+        with trio.fail_after(1):
+            assert await xs0.next_watch_event() == WatchEvent("@releaseDomain", "released")
+    assert not [leak for leak in host.leaks() if "/local/domain/2" in leak]  # data/x is gone
+    with pytest.raises(FileNotFoundError):
+        await b2.connect_xenstore()
+    # its process's objects still close quietly, and release nothing more
+    mapping.close()
+    client.close()
+    b2.close()
+    assert host.leaks() == [
+        f"domain 1 port {server.port} (peer_closed, for domain 2)",
+        f"domain 1 grant ref {share.refs[0]} (granted, to domain 2, mapped 0 times)",
+    ]
+    share.close()
+    server.close()
+    b1.close()
+    b0.close()
+
+    with pytest.raises(ProcessLookupError, match="no domain 2") as lookup:
+        host.destroy_domain(2)
+    assert lookup.value.errno == errno.ESRCH
+    with pytest.raises(ValueError, match="domain 0 cannot"):
+        host.destroy_domain(0)
+    with pytest.raises(ValueError, match=r"0\.\.32751"):
+        host.destroy_domain(40000)
+    with pytest.raises(TypeError):
+        host.destroy_domain("3")  # type: ignore[arg-type]
+
+    # introduced again: fresh sockets and XenStore home
+    b2 = host.backend(2)
+    async with XenStoreClient(await b2.connect_xenstore()) as xs2:
+        assert await xs2.read("domid") == b"2"
+        with pytest.raises(XenStoreError, match="ENOENT"):
+            await xs2.read("data/x")
+    b2.events.bind_unbound(0).close()
+    b2.close()
+
+
+async def test_destroy_while_another_domain_maps_and_the_host_stops() -> None:
+    """A destroyed domain's page stays readable while mapped, also after the host stopped."""
+    async with SimulatedHost() as host:
+        b1, b2 = host.backend(1), host.backend(2)
+        share = b2.memory.share(1, 1)
+        share.buffer[0] = 9
+        mapping = b1.memory.map(2, share.refs, writable=False)
+        host.destroy_domain(2)
+        assert mapping.buffer[0] == 9
+        assert len(host.leaks()) == 2  # the zombie grant and domain 1's mapping of it
+    assert mapping.buffer[0] == 9  # our own mmap outlives the host
+    mapping.close()
+    share.close()
+    b1.close()
+    b2.close()
 
 
 async def test_event_channel_semantics(host: SimulatedHost) -> None:
@@ -283,6 +439,7 @@ async def test_hostile_clients_do_not_break_the_host(host: SimulatedHost) -> Non
             struct.pack("<4I", 7, 0, 0, 0),  # map no refs
             struct.pack("<4I", 7, 0, 0xFF, 0) + b"\x08\0\0\0",  # unknown flags
             struct.pack("<4I", 10, 5, 0, 0),  # introduce on a platform socket
+            struct.pack("<4I", 11, 5, 0, 0),  # destroy on a platform socket
         ):
             await sock.sendmsg(
                 [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", 0))]

@@ -5,12 +5,16 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
 import trio
 from sim_agent import AgentError, agent
 
+from trio_vchan import XenStoreError
+from trio_vchan._xenstore import XenStoreClient
+from trio_vchan._xs_wire import Message, MessageType
 from trio_vchan.sim import SimulatedHost
 
 TIMEOUT = 60
@@ -87,3 +91,77 @@ async def test_xen_xenstore_utils_join_as_a_domain(host: SimulatedHost) -> None:
         )
         assert refused.returncode != 0
         await trio.run_process(["xenstore-rm", "data/x"], env=env)
+
+
+@pytest.mark.skipif(shutil.which("xenstore-read") is None, reason="Xen's xenstore-utils absent")
+async def test_requests_of_xen_xenstore_utils_are_counted(host: SimulatedHost) -> None:
+    host.add_domain(1)
+    env = {
+        **os.environ,
+        "XENSTORED_PATH": os.path.join(host.directory, "domains", "1", "xenstore"),
+    }
+    with trio.fail_after(TIMEOUT):
+        await trio.run_process(["xenstore-write", "data/x", "hello"], env=env)
+        before = host.xenstore_requests
+        await trio.run_process(["xenstore-read", "data/x"], env=env, capture_stdout=True)
+        assert host.xenstore_requests - before == Counter({(1, "READ"): 1})
+        await trio.run_process(["xenstore-rm", "data/x"], env=env)
+
+
+async def test_requests_are_counted_by_domain_and_operation(host: SimulatedHost) -> None:
+    backends = [host.backend(0), host.backend(1)]
+    async with (
+        XenStoreClient(await backends[0].connect_xenstore()) as xs0,
+        XenStoreClient(await backends[1].connect_xenstore()) as xs1,
+    ):
+        host.reset_xenstore_requests()
+        assert host.xenstore_requests == Counter()
+        await xs1.write("data/x", b"1")
+        before = host.xenstore_requests
+        assert before == Counter({(1, "WRITE"): 1})
+        tx = await xs1.transaction_start()
+        assert await xs1.read("data/x", tx=tx) == b"1"
+        await xs1.write("data/x", b"2", tx=tx)
+        await xs1.transaction_end(tx, commit=True)
+        with pytest.raises(XenStoreError, match="ENOENT"):  # failed requests count too
+            await xs1.read("data/missing")
+        assert await xs0.read("/local/domain/1/data/x") == b"2"
+        assert host.xenstore_requests - before == Counter(
+            {
+                (1, "TRANSACTION_START"): 1,
+                (1, "READ"): 2,
+                (1, "WRITE"): 1,
+                (1, "TRANSACTION_END"): 1,
+                (0, "READ"): 1,
+            }
+        )
+
+        # a snapshot: changing it changes nothing in the host
+        snapshot = host.xenstore_requests
+        snapshot[1, "READ"] += 100
+        assert host.xenstore_requests[1, "READ"] == 2
+
+        # an unknown type code is counted by its number (and refused)
+        stream = await backends[1].connect_xenstore()
+        async with stream:
+            await stream.send_all(Message(99, 7, 0, b"").encode())
+            reply = await stream.receive_some()
+        assert Message(MessageType.ERROR, 7, 0, b"ENOSYS\0").encode() == reply
+        assert host.xenstore_requests[1, "99"] == 1
+
+        await xs1.rm("data/x")
+        host.reset_xenstore_requests()
+        assert host.xenstore_requests == Counter()
+    for backend in backends:
+        backend.close()
+
+
+async def test_requests_from_another_process_are_counted(host: SimulatedHost) -> None:
+    async with agent(host.environ, 3) as dom3:
+        await dom3.call("xs_write", path="data/y", value="v")  # also connects
+        before = host.xenstore_requests
+        for _ in range(3):
+            await dom3.call("xs_read", path="data/y")
+        await dom3.call("xs_rm", path="data/y")
+        assert host.xenstore_requests - before == Counter({(3, "READ"): 3, (3, "RM"): 1})
+        await dom3.exit()

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A host is a private directory of Unix sockets served by one trio task tree:
 
-- ``host``: the control socket (only HELLO and INTRODUCE_DOMAIN);
+- ``host``: the control socket (only HELLO, INTRODUCE_DOMAIN and DESTROY_DOMAIN);
 - ``domains/<N>/platform``: event channels and grants; a connection here *is* domain N;
 - ``domains/<N>/xenstore``: the XenStore wire protocol, served by :mod:`._xenstored`.
 
@@ -18,11 +18,17 @@ client that held them is gone.
 A connection's resources are released when it closes: its shares and mappings first
 (performing their unmap-notifies, which may fire ports), then its ports. That is Linux's
 order too: gntalloc/gntdev hold a reference on the notify port.
+
+Each domain's sockets are served by one task (``_serve_domain``) whose cancel scope covers its
+accept loops and every connection they accepted, so destroying the domain ends them all. The
+platform and XenStore state of the domain is released synchronously first, so nothing a
+cancelled task could still do (it only ever reaches a closed connection) can be seen.
 """
 
 from __future__ import annotations
 
 import array
+import collections
 import contextlib
 import errno
 import fcntl
@@ -119,6 +125,7 @@ class _Grant:
     grantee: int
     memory: _Memory
     page: int
+    table: _Domain  # the granting domain, even after it was destroyed
     maps: int = 0
     revoked: bool = False
 
@@ -164,6 +171,17 @@ class _Domain:
     grants: dict[int, _Grant] = attrs.field(factory=dict)
     free_refs: list[int] = attrs.field(factory=list)  # a heap of released refs
     next_ref: int = FIRST_REF
+    destroyed: bool = False
+
+
+@attrs.define(eq=False)
+class _ServedDomain:
+    """A domain's two listening sockets and the cancel scope of the tasks serving them."""
+
+    domid: int
+    xenstore: trio.socket.SocketType
+    platform: trio.socket.SocketType
+    cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
 
 
 @attrs.frozen
@@ -189,6 +207,8 @@ class _Platform:
 
     def __init__(self) -> None:
         self.domains: dict[int, _Domain] = {}
+        #: Destroyed domains whose grants other domains still map (Xen's zombie domains).
+        self.dying: list[_Domain] = []
         self.connections: set[_Connection] = set()
         self.lock = threading.RLock()
 
@@ -200,18 +220,42 @@ class _Platform:
     def connect(self, domid: int) -> _Connection:
         with self.lock:
             conn = _Connection(domid)
-            self.connections.add(conn)
+            if domid in self.domains:
+                self.connections.add(conn)
+            else:  # accepted just before the domain was destroyed: every request gets EPIPE
+                conn.closed = True
             return conn
 
     def disconnect(self, conn: _Connection) -> None:
         """Release everything ``conn`` holds: shares and maps (with notifies), then ports."""
         with self.lock:
-            if conn.closed:
-                return
+            if not conn.closed:
+                self._release_connections([conn])
+
+    def destroy_domain(self, domid: int) -> None:
+        """Close every connection of ``domid`` as if its processes died, then forget it.
+
+        Its grants that other domains still map stay (revoked) until they are unmapped.
+        """
+        with self.lock:
+            domain = self.domains[domid]
+            self._release_connections([c for c in self.connections if c.domid == domid])
+            assert not domain.ports, "every port belongs to a connection of its domain"
+            del self.domains[domid]
+            domain.destroyed = True
+            if domain.grants:
+                self.dying.append(domain)
+
+    def _release_connections(self, conns: list[_Connection]) -> None:
+        """Close ``conns``: all their shares and maps first (performing the unmap-notifies,
+        whose ports may belong to any of them), then all their ports."""
+        for conn in conns:
             conn.closed = True
             self.connections.discard(conn)
+        for conn in conns:
             for handle in list(conn.handles):
                 self._release(conn, handle)
+        for conn in conns:
             for port in list(conn.ports.values()):
                 self._close_port(port)
 
@@ -224,7 +268,7 @@ class _Platform:
     def leaks(self) -> list[str]:
         with self.lock:
             found: list[str] = []
-            for domain in self.domains.values():
+            for domain in [*self.domains.values(), *self.dying]:
                 for port in domain.ports.values():
                     peer = f" to port {port.peer.number}" if port.peer else ""
                     found.append(
@@ -233,8 +277,9 @@ class _Platform:
                     )
                 for grant in domain.grants.values():
                     how = "revoked but mapped" if grant.revoked else "granted"
+                    whose = "destroyed domain" if domain.destroyed else "domain"
                     found.append(
-                        f"domain {domain.domid} grant ref {grant.ref} ({how}, to domain "
+                        f"{whose} {domain.domid} grant ref {grant.ref} ({how}, to domain "
                         f"{grant.grantee}, mapped {grant.maps} times)"
                     )
             for conn in self.connections:
@@ -294,8 +339,8 @@ class _Platform:
                 raise _RequestError(errno.EBADF, f"no share or mapping with handle {a0}")
             self._release(conn, a0)
             return _Result(ok())
-        if op == Op.INTRODUCE_DOMAIN:
-            raise _RequestError(errno.EPERM, "INTRODUCE_DOMAIN is for the host socket only")
+        if op in (Op.INTRODUCE_DOMAIN, Op.DESTROY_DOMAIN):
+            raise _RequestError(errno.EPERM, f"{Op(op).name} is for the host socket only")
         raise _RequestError(errno.ENOSYS, f"unknown request {op}")
 
     # -- event channels ---------------------------------------------------------------------------
@@ -417,7 +462,7 @@ class _Platform:
             else:
                 ref = domain.next_ref
                 domain.next_ref += 1
-            grant = _Grant(conn.domid, ref, remote_domid, memory, page)
+            grant = _Grant(conn.domid, ref, remote_domid, memory, page, domain)
             domain.grants[ref] = grant
             grants.append(grant)
         handle = self._add_handle(conn, _Share(grants, memory))
@@ -490,7 +535,7 @@ class _Platform:
             port = held.notify.port
             if not port.closed and port.peer is not None and not port.peer.closed:
                 _fire(port.notify_fd)
-        domain = self.domains[held.grants[0].domid]
+        domain = held.grants[0].table
         for grant in held.grants:
             if isinstance(held, _Map):
                 grant.maps -= 1
@@ -499,6 +544,8 @@ class _Platform:
             if grant.revoked and grant.maps == 0:
                 del domain.grants[grant.ref]
                 heapq.heappush(domain.free_refs, grant.ref)
+        if domain.destroyed and not domain.grants:
+            self.dying.remove(domain)
         held.memory.users -= 1
         if held.memory.users == 0:
             _close_quietly(held.memory.fd)
@@ -554,7 +601,8 @@ class SimulatedHost:
     Use it as ``async with SimulatedHost() as host:``; the servers run until the block ends,
     then every resource is released and the directory is removed. Dom0 always exists; other
     domains are created by :meth:`add_domain`, :meth:`backend` and :meth:`environ`, or by a
-    process joining with :func:`~trio_vchan.sim.backend_from_environ`.
+    process joining with :func:`~trio_vchan.sim.backend_from_environ`, and end with
+    :meth:`destroy_domain` or when the host stops.
 
     Args:
         directory: where to put the sockets. By default a fresh private temporary directory;
@@ -568,6 +616,7 @@ class SimulatedHost:
         self._platform = _Platform()
         self._xenstore: XenStoreServer | None = None
         self._xenstore_baseline: set[str] = set()
+        self._domains: dict[int, _ServedDomain] = {}
         self._nursery: trio.Nursery | None = None
         self._stack = contextlib.AsyncExitStack()
         self._listeners: list[trio.socket.SocketType] = []
@@ -683,7 +732,7 @@ class SimulatedHost:
         """
         check_domid(domid)
         directory = self._running_directory()
-        if domid in self._platform.domains:
+        if domid in self._domains:
             return
         assert self._nursery is not None
         assert self._xenstore is not None
@@ -700,8 +749,64 @@ class SimulatedHost:
         before = set(self._xenstore.paths())
         self._xenstore.add_domain(domid)
         self._xenstore_baseline |= set(self._xenstore.paths()) - before
-        self._nursery.start_soon(self._accept_loop, xenstore, self._serve_xenstore, domid)
-        self._nursery.start_soon(self._accept_loop, platform, self._serve_platform, domid)
+        served = _ServedDomain(domid, xenstore, platform)
+        self._domains[domid] = served
+        self._nursery.start_soon(self._serve_domain, served)
+
+    def destroy_domain(self, domid: int) -> None:
+        """Destroy domain ``domid`` now, as Xen's ``xl destroy`` does.
+
+        What others see happens in this order, as if every process of the domain had died at
+        the same moment:
+
+        1. the unmap-notify of every share and mapping the domain holds is performed (the
+           byte cleared, then the event sent), and the shares and mappings are released;
+        2. every event-channel port of the domain is closed: each remote end is fired and
+           reports peer closed (``SimEventChannel.peer_closed``);
+        3. the domain's platform and XenStore connections are dropped, including those of
+           :meth:`backend`, and its sockets are removed;
+        4. ``/local/domain/<domid>`` is removed (firing its watches) and ``@releaseDomain``
+           fires (for dom0's watches: other domains may not see special nodes).
+
+        All of it is done when the call returns, except that the dropped connections are
+        closed when the host's tasks next run; a request that arrives meanwhile fails
+        (``EPIPE`` from the platform, the end of the stream from XenStore), never hangs. So a
+        watcher that sees ``@releaseDomain`` also sees every effect on the platform.
+
+        The domain's processes are not killed (the host does not know them): their fds and
+        mmaps stay valid, but every request they make fails. Pages of the domain that another
+        domain maps stay mapped (readable, and writable if mapped so) until that domain
+        unmaps them, as on Xen, where a dying domain's granted pages live until the last
+        foreign mapping goes; :meth:`leaks` lists their grants meanwhile. Afterwards the
+        domain id can be used again: :meth:`add_domain` (or :meth:`backend`,
+        :meth:`environ`, a joining process) creates a fresh domain. From another process:
+        ``trio-vchan sim --destroy DOMID``.
+
+        Call it from the trio thread that runs the host.
+
+        Raises:
+            TypeError, ValueError: ``domid`` is not a valid domain id, or is 0 (dom0 cannot be
+                destroyed).
+            ProcessLookupError: there is no domain ``domid`` (an :class:`OSError` with
+                ``errno`` ``ESRCH``).
+            RuntimeError: the host is not running.
+        """
+        check_domid(domid)
+        directory = self._running_directory()
+        if domid == 0:
+            raise ValueError("domain 0 cannot be destroyed")
+        served = self._domains.pop(domid, None)
+        if served is None:
+            raise ProcessLookupError(errno.ESRCH, f"there is no domain {domid} on this host")
+        assert self._xenstore is not None
+        self._platform.destroy_domain(domid)
+        served.cancel_scope.cancel()
+        self._xenstore.disconnect_domain(domid)
+        for listener in (served.xenstore, served.platform):
+            self._listeners.remove(listener)  # closed by _serve_domain as it ends
+        shutil.rmtree(domain_dir(directory, domid), ignore_errors=True)
+        self._xenstore.remove_domain(domid)
+        self._xenstore_baseline &= set(self._xenstore.paths())
 
     def backend(self, domid: int) -> Backend:
         """Return a :class:`~trio_vchan.Backend` for domain ``domid``, in this process.
@@ -745,6 +850,34 @@ class SimulatedHost:
             )
         return found
 
+    @property
+    def xenstore_requests(self) -> collections.Counter[tuple[int, str]]:
+        """How many requests the simulated XenStore received, by ``(domid, operation)``.
+
+        A new :class:`collections.Counter` each time (a snapshot). ``domid`` is the domain of
+        the connection, ``operation`` the request type's name in ``xs_wire.h`` without
+        ``XS_`` (``"READ"``, ``"WRITE"``, ``"TRANSACTION_START"``, ...; an unknown type code
+        is named by its decimal number). Every request from any client (ours, Xen's own
+        tools) counts as soon as the store reads it, whether it succeeds or fails, so it has
+        been counted by the time its reply arrives. Count the round trips of one step by
+        subtracting snapshots::
+
+            before = host.xenstore_requests
+            await step()
+            assert host.xenstore_requests - before == Counter({(1, "READ"): 2})
+
+        or start from zero with :meth:`reset_xenstore_requests`. The counts stay readable
+        after the host stopped; before it started they are empty.
+        """
+        if self._xenstore is None:
+            return collections.Counter()
+        return collections.Counter(self._xenstore.requests)
+
+    def reset_xenstore_requests(self) -> None:
+        """Set every count of :attr:`xenstore_requests` back to zero."""
+        if self._xenstore is not None:
+            self._xenstore.requests.clear()
+
     async def wait_idle(self) -> None:
         """Wait until no client is connected to any socket of the host.
 
@@ -777,21 +910,36 @@ class SimulatedHost:
         self._listeners.append(listener)
         return listener
 
+    async def _serve_domain(self, served: _ServedDomain) -> None:
+        """Serve a domain's sockets until :meth:`destroy_domain` or the host stops."""
+        try:
+            with served.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    for listener, serve in (
+                        (served.xenstore, self._serve_xenstore),
+                        (served.platform, self._serve_platform),
+                    ):
+                        nursery.start_soon(self._accept_loop, listener, serve, served.domid)
+        finally:
+            served.xenstore.close()
+            served.platform.close()
+
     async def _accept_loop(
         self, listener: trio.socket.SocketType, serve: _Server, domid: int
     ) -> None:
-        assert self._nursery is not None
-        while True:
-            try:
-                conn, _ = await listener.accept()
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("cannot accept a connection (%s); retrying", exc)
-                    await trio.sleep(0.1)
-                    continue
-                raise
-            self._served += 1
-            self._nursery.start_soon(self._serve_counted, conn, serve, domid)
+        """Accept connections and serve each in a child task, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    conn, _ = await listener.accept()
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log.warning("cannot accept a connection (%s); retrying", exc)
+                        await trio.sleep(0.1)
+                        continue
+                    raise
+                self._served += 1
+                nursery.start_soon(self._serve_counted, conn, serve, domid)
 
     async def _serve_counted(
         self, conn: trio.socket.SocketType, serve: _Server, domid: int
@@ -835,8 +983,19 @@ class SimulatedHost:
             except OSError as exc:
                 return _Result(Reply(exc.errno or errno.EIO, message=str(exc)))
             return _Result(ok())
+        if request.op == Op.DESTROY_DOMAIN and not request.words:
+            try:
+                self.destroy_domain(check_domid(request.args[0]))
+            except ValueError as exc:
+                return _Result(Reply(errno.EINVAL, message=str(exc)))
+            except OSError as exc:
+                return _Result(Reply(exc.errno or errno.EIO, message=exc.strerror or str(exc)))
+            return _Result(ok())
         return _Result(
-            Reply(errno.ENOSYS, message="the host socket takes HELLO and INTRODUCE_DOMAIN")
+            Reply(
+                errno.ENOSYS,
+                message="the host socket takes HELLO, INTRODUCE_DOMAIN and DESTROY_DOMAIN",
+            )
         )
 
     async def _serve_requests(self, conn: trio.socket.SocketType, answer: _Answer) -> None:

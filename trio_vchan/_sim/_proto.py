@@ -44,6 +44,7 @@ class Op(enum.IntEnum):
     GNT_SET_UNMAP_NOTIFY = 8
     GNT_RELEASE = 9
     INTRODUCE_DOMAIN = 10
+    DESTROY_DOMAIN = 11
 
 
 class PortState(enum.IntEnum):

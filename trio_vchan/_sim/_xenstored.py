@@ -24,6 +24,7 @@ read for this module; differences are listed in ``docs/sim-xenstore.md``.
 
 from __future__ import annotations
 
+import collections
 import enum
 import errno
 from collections.abc import Callable
@@ -266,9 +267,16 @@ class XenStoreServer:
     """An in-memory XenStore for the simulated host, one store for all its domains.
 
     Dom0 is always present. Serve each client connection with :meth:`handle_connection`.
+
+    Attributes:
+        requests: how many requests the store received, by (the connection's domid, the
+            operation's name, such as ``"READ"`` or ``"TRANSACTION_START"``; an unknown type
+            code is named by its decimal number). Every request read from a connection counts,
+            whether it succeeds or not, as soon as it is decoded. Clear it or replace it at will.
     """
 
     def __init__(self) -> None:
+        self.requests: collections.Counter[tuple[int, str]] = collections.Counter()
         self._generation = 0
         self._nodes: dict[str, _Node] = {"/": _Node(b"", _ROOT_PERMS)}
         self._domains: set[int] = set()
@@ -338,6 +346,20 @@ class XenStoreServer:
             self._remove_subtree(view, home)
         self._fire(_Event("@releaseDomain", False, (_SPECIAL_PERMS,)))
         self._flush()
+
+    def disconnect_domain(self, domid: int) -> None:
+        """Drop every connection of ``domid`` now, as C xenstored drops a released domain's.
+
+        Their watches and transactions end at once, so no event is queued for them from now on
+        and no further request of theirs is read; :meth:`handle_connection` then closes each
+        stream when its task next runs (the client sees the connection end). Connections
+        served later as ``domid`` are not affected.
+        """
+        for conn in self._connections:
+            if conn.domid == domid:
+                conn.watches.clear()
+                conn.transactions.clear()
+                conn.cancel_scope.cancel()
 
     def paths(self) -> list[str]:
         """Every node's path, sorted (for leak checks)."""
@@ -426,7 +448,12 @@ class XenStoreServer:
                         )
 
     def _process(self, conn: _Connection, request: Message) -> Message:
-        """Handle one request and return its reply."""
+        """Count and handle one request, and return its reply."""
+        try:
+            name = MessageType(request.type).name
+        except ValueError:
+            name = str(request.type)
+        self.requests[conn.domid, name] += 1
         try:
             payload = self._dispatch(conn, request)
         except _Failure as failure:
