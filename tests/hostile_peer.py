@@ -280,6 +280,7 @@ class Hostile:
         self.weights: dict[str, float] = dict(_WEIGHTS)
         self.vchan: _Vchan | None = None
         self.xs_paths: list[str] = []
+        self.pinned: list[Share | Mapping | EventChannel] = []  # held on purpose (pin, stall)
 
     # -- setting up --------------------------------------------------------------------------
 
@@ -405,8 +406,11 @@ class Hostile:
             await xs.transaction_end(tx, commit=True)  # nobody else writes here: no EAGAIN
         self.xs_paths.append(f"/local/domain/{self.backend.domid}/data/vchan")
 
-    async def attach(self, seed: int, victim: int, path: str, *, honest: bool = False) -> Json:
-        """Connect to the victim's advertisement at ``path`` by hand."""
+    async def attach(
+        self, seed: int, victim: int, path: str, *, honest: bool = False, unmap_notify: bool = True
+    ) -> Json:
+        """Connect to the victim's advertisement at ``path`` by hand (without an unmap-notify
+        on ``cli_live`` if asked, as ocaml-vchan connects)."""
         self.rng = rng = random.Random(seed)
         self._choose_temper()
         async with XenStoreClient(await self.backend.connect_xenstore()) as xs:
@@ -423,7 +427,8 @@ class Hostile:
         try:
             page_map = self.backend.memory.map(victim, [ref], writable=True)
             regions.append(page_map)
-            page_map.set_unmap_notify(CLI_LIVE, channel.port)
+            if unmap_notify:
+                page_map.set_unmap_notify(CLI_LIVE, channel.port)
             page = page_map.buffer
             orders = RingOrders(*(int.from_bytes(page[o : o + 2], "little") for o in (16, 18)))
             refs = [_u32(page, GRANTS + 4 * i) for i in range(orders.left_pages)]
@@ -455,6 +460,71 @@ class Hostile:
             notes.append("no event after connecting")
         vchan.take_snapshot()
         return {"notes": notes, "orders": [orders.left, orders.right]}
+
+    async def _next_advertisement(self, xs: XenStoreClient, path: str) -> tuple[int, int]:
+        """The advertisement at ``path`` after the next change there (the first: now)."""
+        while True:
+            await xs.next_watch_event()
+            try:
+                return (
+                    int(await xs.read(f"{path}/ring-ref")),
+                    int(await xs.read(f"{path}/event-channel")),
+                )
+            except OSError:
+                continue  # withdrawn, or half written: the next change completes it
+
+    def _take(self, victim: int, ref: int, port: int) -> tuple[EventChannel, memoryview]:
+        """Bind the port and map the page and rings (no unmap-notify), keeping them all."""
+        channel = self.backend.events.bind_interdomain(victim, port)
+        self.pinned.append(channel)
+        page_map = self.backend.memory.map(victim, [ref], writable=True)
+        self.pinned.append(page_map)
+        page = page_map.buffer
+        orders = RingOrders(*(int.from_bytes(page[o : o + 2], "little") for o in (16, 18)))
+        first = 0
+        for count in (orders.left_pages, orders.right_pages):
+            refs = [_u32(page, GRANTS + 4 * (first + i)) for i in range(count)]
+            if refs:  # every grant of the advertisement stays pinned
+                self.pinned.append(self.backend.memory.map(victim, refs, writable=True))
+            first += count
+        return channel, page
+
+    async def pin(self, victim: int, path: str, seconds: float) -> Json:
+        """For ``seconds``: take each advertisement, write a bad ``cli_live``, notify, and
+        keep every mapping, so that a server granting fresh pages each time runs out."""
+        cycles = errors = 0
+        deadline = time.monotonic() + seconds
+        async with XenStoreClient(await self.backend.connect_xenstore()) as xs:
+            await xs.watch(f"{path}/event-channel", "pin")
+            while time.monotonic() < deadline:
+                found = None
+                with trio.move_on_after(deadline - time.monotonic()):
+                    found = await self._next_advertisement(xs, path)
+                if found is None:
+                    break
+                try:
+                    channel, page = self._take(victim, *found)
+                except OSError:
+                    errors += 1  # another client took it first, or the server moved on
+                    continue
+                page[CLI_LIVE] = 7  # neither 0, 1 nor 2
+                channel.notify()
+                cycles += 1
+        return {"cycles": cycles, "errors": errors, "pinned": len(self.pinned)}
+
+    async def stall(self, victim: int, path: str) -> Json:
+        """Take the advertisement (bind, map) and then do nothing at all."""
+        async with XenStoreClient(await self.backend.connect_xenstore()) as xs:
+            await xs.watch(f"{path}/event-channel", "stall")
+            ref, port = await self._next_advertisement(xs, path)
+        self._take(victim, ref, port)
+        return {"ref": ref, "port": port}
+
+    def unpin(self) -> Json:
+        held, self.pinned = self.pinned, []
+        for item in reversed(held):
+            item.close()
+        return {"released": len(held)}
 
     # -- mutating ----------------------------------------------------------------------------
 
@@ -629,14 +699,24 @@ class Hostile:
 
     async def handle(self, command: Json) -> Json:
         op = command["op"]
-        if op in ("serve", "attach"):
-            setup = self.serve if op == "serve" else self.attach
-            return await setup(
+        if op == "serve":
+            return await self.serve(
                 command["seed"],
                 command["victim"],
                 command["path"],
                 honest=command.get("honest", False),
             )
+        if op == "attach":
+            return await self.attach(
+                command["seed"],
+                command["victim"],
+                command["path"],
+                honest=command.get("honest", False),
+                unmap_notify=command.get("unmap_notify", True),
+            )
+        if op == "close_port":  # the port goes, the mappings stay
+            self._vchan().channel.close()
+            return {}
         if op in ("mutate", "quiet"):
             vchan = self._vchan()
             violations = vchan.violations()
@@ -646,7 +726,14 @@ class Hostile:
                 reply = self.quiet(command["seconds"])
             vchan.take_snapshot()
             return {**reply, "violations": violations}
+        if op == "pin":
+            return await self.pin(command["victim"], command["path"], command["seconds"])
+        if op == "stall":
+            return await self.stall(command["victim"], command["path"])
+        if op == "unpin":
+            return self.unpin()
         if op == "end":
+            self.unpin()
             await self.end()
             return {}
         if op == "ping":

@@ -27,9 +27,10 @@ import trio.testing
 
 import trio_vchan
 from trio_vchan import Backend, ProtocolError, VchanStream, XenStoreError
+from trio_vchan._advertisement import Advertised, XenStoreAdvertisements
 from trio_vchan._backend import GrantMemory, Mapping
-from trio_vchan._handshake import Endpoint, advertise, vchan_path, withdraw
-from trio_vchan._layout import RingOrders
+from trio_vchan._handshake import Endpoint, _Pages, vchan_path
+from trio_vchan._layout import RingOrders, Role
 from trio_vchan._xenstore import XenStoreClient
 from trio_vchan._xs_wire import Access, Permission
 from trio_vchan.sim import SimulatedHost
@@ -70,6 +71,21 @@ async def write_advertisement(
             await xs.write(f"{PATH}/{key}", value, tx=tx)
             await xs.set_perms(f"{PATH}/{key}", perms, tx=tx)
         await xs.transaction_end(tx, commit=True)
+
+
+async def advertise(backend: Backend) -> Endpoint:
+    """The library's own pages and advertisement, as a listener makes them."""
+    pages = _Pages.grant(backend, CLIENT, RingOrders(10, 11))
+    channel = backend.events.bind_unbound(CLIENT)
+    ring = pages.ring(channel)
+    async with xenstore(backend) as xs:
+
+        async def shared() -> XenStoreClient:
+            return xs
+
+        advertised = Advertised(pages.page_share.refs[0], channel.port)
+        await XenStoreAdvertisements(backend.domid, shared).publish(PATH, CLIENT, advertised)
+    return Endpoint(Role.SERVER, ring, channel, pages.regions, PATH, CLIENT)
 
 
 async def remove_vchan_nodes(backend: Backend) -> None:
@@ -200,18 +216,16 @@ async def test_a_ring_ref_granted_to_another_domain_is_refused(sim: SimulatedHos
 @asynccontextmanager
 async def honest_server(backend: Backend) -> AsyncIterator[VchanStream]:
     """A real advertisement, made by the library's own handshake; closed and withdrawn after."""
-    endpoint: Endpoint = await advertise(backend, CLIENT, PATH, RingOrders(10, 11))
-    stream = VchanStream(endpoint)
+    stream = VchanStream(await advertise(backend))
     try:
         yield stream
     finally:
         await stream.aclose()
-        await withdraw(backend, PATH)
+        await remove_vchan_nodes(backend)
 
 
 async def check_connected(server: VchanStream, attempt: Attempt) -> None:
     with trio.fail_after(30):
-        await server.wait_for_client()
         await attempt.finished.wait()
         (client,) = attempt.result
         assert isinstance(client, VchanStream), client
@@ -299,7 +313,7 @@ async def test_a_server_that_dies_after_the_client_read_the_advertisement(
     """Its port is gone before the client binds: as a stale advertisement, a cancellable wait."""
     original_read = XenStoreClient.read
     server, client = sim.backend(SERVER), sim.backend(CLIENT)
-    endpoint = await advertise(server, CLIENT, PATH, RingOrders(10, 11))
+    endpoint = await advertise(server)
 
     async def read(self: XenStoreClient, path: str, *, tx: int = 0) -> bytes:
         value = await original_read(self, path, tx=tx)
@@ -338,7 +352,7 @@ async def test_a_server_that_dies_between_the_clients_bind_and_map_is_an_os_erro
     sim: SimulatedHost,
 ) -> None:
     server, client = sim.backend(SERVER), sim.backend(CLIENT)
-    endpoint = await advertise(server, CLIENT, PATH, RingOrders(10, 11))
+    endpoint = await advertise(server)
     dying = attrs.evolve(client, memory=_DyingServerMemory(client.memory, server))
     try:
         with trio.fail_after(30), pytest.raises(FileNotFoundError, match="no grant ref"):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from trio_vchan._errors import ProtocolError, XenStoreError
 from trio_vchan._sim import _xenstored
 from trio_vchan._sim._xenstored import XenStoreServer
-from trio_vchan._xenstore import WatchEvent, XenStoreClient
+from trio_vchan._xenstore import EVENT_QUEUE_MAX, WatchEvent, XenStoreClient
 from trio_vchan._xs_wire import (
     PAYLOAD_MAX,
     Access,
@@ -818,3 +818,45 @@ async def test_async_context_manager(connect: Connect) -> None:
     with pytest.raises(trio.ClosedResourceError):
         await xs.read("domid")
     await xs.aclose()  # idempotent
+
+
+async def test_watching_contexts_share_one_watch_per_path(
+    connect: Connect, server: XenStoreServer
+) -> None:
+    """Each task gets its own changes; the store sees one WATCH per path, and one UNWATCH
+    once the last task has left."""
+    watcher, writer = await connect(0), await connect(0)
+    server.requests.clear()
+    async with watcher.watching("/shared") as first:
+        await first.wait()  # its registration event
+        async with watcher.watching("/shared") as second:
+            await second.wait()  # counts for a late subscriber too
+            assert not first.take()
+            await writer.write("/shared/x", b"1")
+            await first.wait()
+            await second.wait()
+            async with watcher.watching("/other") as other:
+                await other.wait()
+                await writer.write("/shared/y", b"2")
+                await second.wait()
+                assert not other.take()
+        await writer.write("/shared/z", b"3")
+        await first.wait()
+        assert server.requests[(0, "UNWATCH")] == 1  # /other's only
+    assert server.requests[(0, "WATCH")] == 2
+    assert server.requests[(0, "UNWATCH")] == 2
+
+
+async def test_unclaimed_watch_events_are_bounded(connect: Connect) -> None:
+    """A flood of events for a watch nobody drains keeps the newest EVENT_QUEUE_MAX."""
+    watcher, writer = await connect(0), await connect(0)
+    await watcher.watch("/flood", "tok")
+    for n in range(EVENT_QUEUE_MAX + 100):
+        await writer.write(f"/flood/{n}", b"")
+    await watcher.read("/flood")  # reads and files every event that came before its reply
+    events = [await watcher.next_watch_event() for _ in range(EVENT_QUEUE_MAX)]
+    assert events[-1] == WatchEvent(f"/flood/{EVENT_QUEUE_MAX + 99}", "tok")
+    assert WatchEvent("/flood", "tok") not in events  # the oldest went first
+    with trio.move_on_after(0.2):
+        await watcher.next_watch_event()
+        pytest.fail("more events than the bound were kept")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._advertisement import PeerGoneError as PeerGoneError
 from ._api import VchanListener as VchanListener
 from ._api import connect as connect
 from ._api import open_vchan_stream as open_vchan_stream

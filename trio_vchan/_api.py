@@ -1,8 +1,11 @@
-"""The public entry points: serve, connect, listeners, and the choice of backend."""
+"""The public entry points: serve, connect, listeners.
+
+Setup itself lives in :mod:`trio_vchan._handshake`; this module checks arguments, joins the
+process's shared :class:`~trio_vchan._session.Session`, and wraps endpoints as streams.
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Final, final
@@ -10,90 +13,45 @@ from typing import Any, Final, final
 import trio
 
 from ._backend import Backend, check_domid
-from ._errors import BackendUnavailableError, ProtocolError
-from ._handshake import advertise, attach, vchan_path, withdraw
-from ._layout import RingOrders, choose_orders
+from ._handshake import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    Endpoint,
+    ServerPort,
+    connect_endpoint,
+    vchan_path,
+)
+from ._layout import choose_orders
+from ._session import Session
+from ._session import default_backend as default_backend
 from ._stream import VchanStream
 
 DEFAULT_RING_SIZE: Final = 65536
-XEN_EVTCHN_DEVICE: Final = "/dev/xen/evtchn"
-_SIM_ENV: Final = "TRIO_VCHAN_SIM"
 
 
-def default_backend() -> Backend:
-    """The platform this process runs on: a simulated host named by the environment, else Xen.
-
-    Raises:
-        BackendUnavailableError: neither is available; the message says how to get either.
-    """
-    if os.environ.get(_SIM_ENV):
-        from .sim import backend_from_environ
-
-        return backend_from_environ()
-    if os.path.exists(XEN_EVTCHN_DEVICE):
-        try:
-            from ._linux import open_backend  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            raise BackendUnavailableError(
-                f"{XEN_EVTCHN_DEVICE} exists, but this trio-vchan has no Xen device backend yet;"
-                " use a simulated host (trio-vchan sim)"
-            ) from None
-        backend: Backend = open_backend()
-        return backend
-    raise BackendUnavailableError(
-        "no vchan platform found: to use a simulated Xen host, run inside `trio-vchan sim --"
-        " COMMAND` (or set TRIO_VCHAN_SIM to a running host's directory and TRIO_VCHAN_DOMID to"
-        f" this process's domain id); on Xen, {XEN_EVTCHN_DEVICE} must exist (modprobe"
-        " xen-evtchn xen-gntdev xen-gntalloc; mount -t xenfs xenfs /proc/xen)"
-    )
+def _check_peer(session: Session, peer_domid: int, what: str) -> None:
+    if peer_domid == session.backend.domid:
+        raise ValueError(
+            f"{what} {peer_domid} is this domain: a vchan connects two different domains"
+        )
 
 
-@final
-class _BackendLease:
-    """Closes a backend we opened once its last user (listener or stream) lets go."""
+def _stream(session: Session, endpoint: Endpoint) -> VchanStream:
+    """Wrap ``endpoint``; the stream holds one use of ``session`` until it closes."""
+    stop_watching: Callable[[], None] = lambda: None  # noqa: E731
 
-    def __init__(self, backend: Backend | None) -> None:
-        self.owned = backend is None
-        self.backend = default_backend() if backend is None else backend
-        self._users = 1
+    async def closed() -> None:
+        stop_watching()
+        await session.leave()
 
-    def acquire(self) -> Callable[[], None]:
-        self._users += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.release()
-
-        return release
-
-    def release(self) -> None:
-        self._users -= 1
-        if self._users == 0 and self.owned:
-            self.backend.close()
-
-
-async def _serve_one(
-    backend: Backend,
-    client_domid: int,
-    path: str,
-    orders: RingOrders,
-    on_close: Callable[[], None],
-) -> VchanStream:
-    """Advertise a fresh endpoint and return it once a client has connected."""
-    endpoint = await advertise(backend, client_domid, path, orders)
-    stream = VchanStream(endpoint, on_close)
-    try:
-        await stream.wait_for_client()
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
-        raise
-    finally:
-        await withdraw(backend, path)
+    stream = VchanStream(endpoint, closed)
+    stop_watching = session.watch_peer(endpoint.peer_domid, stream.peer_domain_destroyed)
     return stream
+
+
+def _check_timeout(handshake_timeout: float | None) -> float | None:
+    if handshake_timeout is not None and not handshake_timeout > 0:
+        raise ValueError(f"handshake_timeout must be > 0 or None, not {handshake_timeout!r}")
+    return handshake_timeout
 
 
 @asynccontextmanager
@@ -103,48 +61,30 @@ async def serve(
     *,
     read_size: int = DEFAULT_RING_SIZE,
     write_size: int = DEFAULT_RING_SIZE,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     backend: Backend | None = None,
 ) -> AsyncIterator[VchanStream]:
     """Wait for one connection from ``client_domid`` on ``port``; yield it, close it after.
 
-    Args:
-        client_domid: the only domain allowed to connect.
-        port: a name matching ``[a-zA-Z0-9_-]+``, an int, or an absolute XenStore path.
-        read_size: minimum size of the ring we read, 1 byte to 1 MiB (rounded up as
-            libxenvchan does).
-        write_size: minimum size of the ring we write, likewise.
-        backend: the platform; by default a simulated host named by ``TRIO_VCHAN_SIM``, else Xen.
+    One :meth:`VchanListener.accept`: the arguments are the listener's.
 
     Raises:
-        ValueError, TypeError: a bad domid, port or size.
+        ValueError, TypeError: a bad domid, port, size or timeout, or our own domain.
         BackendUnavailableError: no platform.
+        OSError: ``EADDRINUSE``: another server of this domain serves this port.
         XenStoreError: the advertisement could not be written.
     """
-    stream = await _accept_once(client_domid, port, read_size, write_size, backend)
+    async with VchanListener(
+        client_domid,
+        port,
+        read_size=read_size,
+        write_size=write_size,
+        handshake_timeout=handshake_timeout,
+        backend=backend,
+    ) as listener:
+        stream = await listener.accept()
     async with stream:
         yield stream
-
-
-async def _accept_once(
-    client_domid: int,
-    port: str | int,
-    read_size: int,
-    write_size: int,
-    backend: Backend | None,
-) -> VchanStream:
-    check_domid(client_domid, "client_domid")
-    orders = choose_orders(read_size, write_size)
-    vchan_path(0, client_domid, port)  # validate before acquiring anything
-    lease = _BackendLease(backend)
-    try:
-        path = vchan_path(lease.backend.domid, client_domid, port)
-        while True:
-            try:
-                return await _serve_one(lease.backend, client_domid, path, orders, lease.acquire())
-            except ProtocolError:
-                continue  # a client that broke the handshake: advertise afresh
-    finally:
-        lease.release()
 
 
 async def open_vchan_stream(
@@ -155,20 +95,26 @@ async def open_vchan_stream(
     Waits (watching XenStore) until the server has advertised it.
 
     Raises:
-        ValueError, TypeError: a bad domid or port.
+        ValueError, TypeError: a bad domid or port, or our own domain.
         BackendUnavailableError: no platform.
         ProtocolError: the server's advertisement or shared page is invalid.
+        PeerGoneError: the server's domain was destroyed while we waited.
         XenStoreError, OSError: XenStore or the platform refused.
     """
     check_domid(server_domid, "server_domid")
     vchan_path(server_domid, 0, port)
-    lease = _BackendLease(backend)
+    session = Session.join(backend)
     try:
-        path = vchan_path(server_domid, lease.backend.domid, port)
-        endpoint = await attach(lease.backend, server_domid, path)
-        return VchanStream(endpoint, lease.acquire())
-    finally:
-        lease.release()
+        _check_peer(session, server_domid, "server_domid")
+        path = vchan_path(server_domid, session.backend.domid, port)
+        endpoint = await connect_endpoint(
+            session.backend, session.advertisements, server_domid, path
+        )
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await session.leave()
+        raise
+    return _stream(session, endpoint)
 
 
 @asynccontextmanager
@@ -187,7 +133,17 @@ class VchanListener(trio.abc.Listener[VchanStream]):
 
     Each ``accept()`` advertises a fresh endpoint and returns it once the client has connected,
     so ``trio.serve_listeners(handler, [VchanListener(d, port) for d in domids])`` serves many
-    domains and clients that reconnect.
+    domains and clients that reconnect. A client that breaks the handshake, or takes the
+    advertisement and does not complete within ``handshake_timeout`` seconds of binding its
+    port (None: no limit), is dropped and the listener advertises afresh.
+
+    The constructor checks the arguments and claims the port (see :doc:`design`).
+
+    Raises:
+        ValueError, TypeError: a bad domid, port, size or timeout, or our own domain.
+        BackendUnavailableError: no platform.
+        OSError: ``EADDRINUSE``: another live server of this domain (in this process or
+            another) serves this port. An advertisement left by one that died is taken over.
     """
 
     __module__ = "trio_vchan"
@@ -199,15 +155,38 @@ class VchanListener(trio.abc.Listener[VchanStream]):
         *,
         read_size: int = DEFAULT_RING_SIZE,
         write_size: int = DEFAULT_RING_SIZE,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
         backend: Backend | None = None,
     ) -> None:
-        self.client_domid = check_domid(client_domid, "client_domid")
-        self._orders = choose_orders(read_size, write_size)
+        self.client_domid: int = check_domid(client_domid, "client_domid")
+        orders = choose_orders(read_size, write_size)
         vchan_path(0, client_domid, port)
-        self._lease = _BackendLease(backend)
-        self.path = vchan_path(self._lease.backend.domid, client_domid, port)
+        timeout = _check_timeout(handshake_timeout)
+        self._session = Session.join(backend)
+        try:
+            _check_peer(self._session, client_domid, "client_domid")
+            #: The vchan's XenStore directory.
+            self.path: str = vchan_path(self._session.backend.domid, client_domid, port)
+            self._server = ServerPort(
+                self._session.backend,
+                self._session.advertisements,
+                client_domid,
+                self.path,
+                orders,
+                timeout,
+                self._session.defer,
+            )
+        except BaseException:
+            self._session.leave_unused()
+            raise
         self._accepting: trio.CancelScope | None = None
+        self._accept_done = trio.Event()
+        self._accept_done.set()
         self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<VchanListener for domain {self.client_domid} at {self.path}, {state}>"
 
     async def accept(self) -> VchanStream:
         """Advertise, wait for the client, return the connected stream.
@@ -215,26 +194,21 @@ class VchanListener(trio.abc.Listener[VchanStream]):
         Raises:
             trio.BusyResourceError: another task is accepting on this listener.
             trio.ClosedResourceError: the listener was closed, before or during the call.
+            XenStoreError: XenStore refused the advertisement.
         """
         if self._accepting is not None:
             raise trio.BusyResourceError("another task is already accepting on this listener")
         if self._closed:
             raise trio.ClosedResourceError("this listener was already closed")
+        self._accept_done = trio.Event()
         with trio.CancelScope() as self._accepting:
             try:
-                while True:
-                    try:
-                        return await _serve_one(
-                            self._lease.backend,
-                            self.client_domid,
-                            self.path,
-                            self._orders,
-                            self._lease.acquire(),
-                        )
-                    except ProtocolError:
-                        continue  # a client that broke the handshake: advertise afresh
+                endpoint = await self._server.accept()
             finally:
                 self._accepting = None
+                self._accept_done.set()
+            self._session.add_user()  # the stream's, until it closes
+            return _stream(self._session, endpoint)
         raise trio.ClosedResourceError("this listener was closed while accepting")
 
     async def aclose(self) -> None:
@@ -243,7 +217,13 @@ class VchanListener(trio.abc.Listener[VchanStream]):
             self._closed = True
             if self._accepting is not None:
                 self._accepting.cancel()
-            self._lease.release()
+            try:
+                with trio.CancelScope(shield=True):  # its cleanup is bounded
+                    await self._accept_done.wait()
+                await self._server.aclose()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._session.leave()
         await trio.lowlevel.checkpoint()
 
 
@@ -255,6 +235,7 @@ async def serve_vchan(
     read_size: int = DEFAULT_RING_SIZE,
     write_size: int = DEFAULT_RING_SIZE,
     backend: Backend | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[VchanListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -263,7 +244,14 @@ async def serve_vchan(
     Usable with ``nursery.start``, which returns the listeners.
     """
     listeners = [
-        VchanListener(d, port, read_size=read_size, write_size=write_size, backend=backend)
+        VchanListener(
+            d,
+            port,
+            read_size=read_size,
+            write_size=write_size,
+            handshake_timeout=handshake_timeout,
+            backend=backend,
+        )
         for d in client_domids
     ]
     await trio.serve_listeners(

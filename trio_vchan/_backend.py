@@ -11,6 +11,7 @@ so they are synchronous; XenStore is reached through an async byte stream that
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -21,6 +22,15 @@ if TYPE_CHECKING:
 
 PAGE_SIZE: Final = 4096
 DOMID_MAX: Final = 32751  # DOMID_FIRST_RESERVED - 1
+
+
+class ChannelStatus(enum.Enum):
+    """What a port knows of its remote end (EVTCHNOP_status), where the backend can tell."""
+
+    UNBOUND = "unbound"  # waiting for the remote domain to bind
+    CONNECTED = "connected"  # both ends bound
+    PEER_CLOSED = "peer closed"  # the remote end closed, or its domain or process died
+    UNKNOWN = "unknown"  # this backend cannot tell (Linux's /dev/xen/evtchn has no status)
 
 
 class EventChannel(Protocol):
@@ -43,6 +53,10 @@ class EventChannel(Protocol):
 
     def consume(self) -> None:
         """Acknowledge pending events and unmask the port; never blocks."""
+        ...
+
+    def status(self) -> ChannelStatus:
+        """The state of the remote end now (may ask the platform: not for the data path)."""
         ...
 
     def close(self) -> None: ...
@@ -131,6 +145,9 @@ class Backend:
     connect_xenstore: Callable[[], Awaitable[trio.abc.Stream]]
     #: Releases what the backend holds (devices, connections); idempotent.
     close: Callable[[], None] = attrs.field(default=lambda: None)
+    #: Names the platform instance (a simulated host's domain socket; "xen"): two backends
+    #: with the same instance and domid are the same domain. Used to claim ports.
+    instance: str = ""
 
 
 def check_domid(domid: object, what: str = "domid") -> int:

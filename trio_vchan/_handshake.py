@@ -1,29 +1,51 @@
-"""Setting up and tearing down a vchan, written only against the backend interface.
+"""Setting up and tearing down a vchan: the server's side and the client's, in one place.
 
-Server: bind an unbound event channel for the client, grant the shared page (with unmap-notify
-on ``srv_live``) and the external ring pages, fill in the page, then advertise ``ring-ref`` and
-``event-channel`` under the vchan's XenStore path in one transaction, readable by the client
-only. The server waits for ``cli_live`` to leave 2, then withdraws the advertisement (libxenvchan
-withdraws at close; withdrawing as soon as the client is in means no second client can attach to
-a connected endpoint and nothing stays behind if the server process dies later).
+Written against the backend (event channels, grants) and :mod:`trio_vchan._advertisement`
+(where endpoints are advertised); nothing here speaks XenStore.
 
-Client: watch ``event-channel`` (no polling), read both keys, bind, map the page (with
-unmap-notify on ``cli_live``), copy and validate the orders and grant refs once, map the rings,
-ask to be told of writes, set ``cli_live = 1`` and notify.
+Server (:class:`ServerPort`, one per listener): claim the port for this domain (see
+:class:`_PortClaim`) and clear whatever a dead server left there. Then, per connection: bind an
+unbound event channel for the client, grant and fill in the shared page (unmap-notify on
+``srv_live``) and the external ring pages, publish them, wait for the client to move
+``cli_live`` off 2, and withdraw the advertisement at once (so no second client can attach to
+a connected endpoint, and nothing stays behind if the server dies later). A client that breaks
+the handshake (a bad ``cli_live``, a port it closes before it is in, or no progress within
+``handshake_timeout``) is dropped; its pages are kept and offered again, so that a client
+domain that maps pages and never lets go cannot make us grant more and more of them, and the
+next try waits a little longer (up to :data:`BROKEN_BACKOFF_MAX`). Running out of ports,
+grants or memory while advertising is waited out the same way, never raised to
+``serve_listeners``. Everything else (XenStore, the platform) is raised.
+
+Client (:func:`connect_endpoint`): look the advertisement up (waiting on a watch), bind, map
+the page (unmap-notify on ``cli_live``), copy and validate the orders and grant refs once, map
+the rings, ask to be told of writes, set ``cli_live = 1`` and notify. An advertisement whose
+port cannot be bound (another client of our domain took it, or its server died) is waited out
+until the next one.
+
+Every wait here is cancellable. Cleanup that must outlive a cancel (withdrawing an
+advertisement whose publication may have landed, removing empty directories) is handed to
+the session's chores, which run it for at most :data:`CLEANUP_TIME` in a task of their own,
+so the cancel itself stays prompt; what could not be done is logged on the ``trio_vchan``
+logger, never raised over the caller's own exception.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import logging
+import math
 import re
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
 
-from ._backend import Backend, check_domid
-from ._errors import ProtocolError, XenStoreError
+from ._advertisement import Advertised, Advertisements
+from ._backend import Backend, ChannelStatus, check_domid
+from ._errors import ProtocolError
 from ._layout import (
     CLI_LIVE,
     CLI_NOTIFY,
@@ -40,16 +62,27 @@ from ._layout import (
     write_orders,
 )
 from ._ring import RingEndpoint
-from ._xenstore import XenStoreClient
-from ._xs_wire import Access, Permission, validate_path
+from ._xs_wire import validate_path
 
 if TYPE_CHECKING:
     from ._backend import EventChannel, Mapping, Share
 
 _PORT_NAME: Final = re.compile(r"[a-zA-Z0-9_-]+\Z")
-_WATCH_TOKEN: Final = "trio-vchan"
-# A cancelled server still withdraws its advertisement, but never waits on XenStore for long.
-_WITHDRAW_TIMEOUT: Final = 5.0
+_log = logging.getLogger("trio_vchan")
+
+#: Default seconds a client has, once it has bound the advertised port, to set ``cli_live``.
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 5.0
+#: Cleanup (withdrawing, unwatching) in normal operation waits at most this long.
+CLEANUP_TIME: Final = 2.0
+#: ... and once the caller was cancelled, this long (shielded), so cancels stay prompt.
+CANCELLED_CLEANUP_TIME: Final = 0.05
+#: Delays before advertising again after broken handshakes: doubling from the first.
+BROKEN_BACKOFF_FIRST: Final = 0.01
+BROKEN_BACKOFF_MAX: Final = 0.25
+#: Delays after running out of ports, grants, fds or memory while advertising.
+RESOURCE_BACKOFF_FIRST: Final = 0.1
+RESOURCE_BACKOFF_MAX: Final = 2.0
+_RESOURCE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 def vchan_path(server_domid: int, client_domid: int, port: str | int) -> str:
@@ -95,6 +128,7 @@ class Endpoint:
     channel: EventChannel
     regions: list[Share | Mapping]  # released in reverse order
     path: str
+    peer_domid: int
 
     def release(self) -> None:
         """Drop the ring's views, unshare or unmap every region, close the channel."""
@@ -115,189 +149,312 @@ def _release_all(steps: list[Callable[[], None]]) -> None:
         raise first
 
 
-async def _open_xenstore(backend: Backend) -> XenStoreClient:
-    return XenStoreClient(await backend.connect_xenstore())
+#: Hands cleanup to someone who outlives a cancelled caller; returns an event set once done.
+Defer = Callable[[str, Callable[[], Awaitable[None]]], trio.Event]
+
+
+async def cleanup(what: str, action: Callable[[], Awaitable[None]], defer: Defer | None) -> None:
+    """Run ``action`` for at most :data:`CLEANUP_TIME` seconds; log what fails, never raise.
+
+    Once the caller is cancelled, it is handed to ``defer`` (the session's chores, which run
+    it shielded, in order, for as long), so that the cancel stays prompt; without ``defer``
+    it runs shielded for at most :data:`CANCELLED_CLEANUP_TIME`. A Cancelled that arrives
+    meanwhile is raised after the hand-over.
+    """
+    if trio.current_effective_deadline() != -math.inf:
+        try:
+            with trio.move_on_after(CLEANUP_TIME) as scope:
+                await action()
+        except trio.Cancelled:
+            await _after_cancel(what, action, defer)
+            raise
+        except Exception as exc:
+            _log.warning("could not %s: %s", what, exc)
+        else:
+            if scope.cancelled_caught:
+                _log.warning("could not %s: no answer within %s s", what, CLEANUP_TIME)
+        return
+    await _after_cancel(what, action, defer)
+
+
+async def _after_cancel(
+    what: str, action: Callable[[], Awaitable[None]], defer: Defer | None
+) -> None:
+    if defer is not None:
+        defer(what, action)
+        return
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + CANCELLED_CLEANUP_TIME
+        try:
+            await action()
+        except Exception as exc:
+            _log.warning("could not %s: %s", what, exc)
+    if scope.cancelled_caught:
+        _log.warning("could not %s: cancelled, gave up after %s s", what, CANCELLED_CLEANUP_TIME)
 
 
 # -- server ---------------------------------------------------------------------------------------
 
 
-async def advertise(backend: Backend, client_domid: int, path: str, orders: RingOrders) -> Endpoint:
-    """Grant and fill in the pages, then publish them for ``client_domid`` at ``path``."""
-    cleanup: list[Callable[[], None]] = []
-    publishing = False
-    try:
-        channel = backend.events.bind_unbound(client_domid)
-        cleanup.append(channel.close)
-        page_share = backend.memory.share(client_domid, 1)
-        cleanup.insert(0, page_share.close)
-        page_share.set_unmap_notify(SRV_LIVE, channel.port)
-        regions: list[Share | Mapping] = [page_share]
-        page = page_share.buffer
+class _ClientFailed(Exception):
+    """The client broke the handshake: drop it and advertise afresh."""
+
+
+@attrs.define
+class _Backoff:
+    """A delay that doubles from ``first`` to ``cap`` with each strike; reset by success."""
+
+    first: float
+    cap: float
+    delay: float = 0.0
+
+    def strike(self) -> None:
+        self.delay = min(self.cap, self.delay * 2 or self.first)
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+    async def wait(self) -> None:
+        if self.delay:
+            await trio.sleep(self.delay)
+
+
+class _PortClaim:
+    """This process's hold on (domain, path): one server at a time per port.
+
+    Held as an abstract Unix socket named for the platform instance, the domain and the path;
+    the kernel frees it when the process exits, so a second live server of this domain fails
+    at once while an advertisement left by a dead one is taken over. (Servers of other
+    implementations do not take the claim.)
+    """
+
+    def __init__(self, backend: Backend, path: str) -> None:
+        instance = backend.instance or f"process backend {id(backend.events)}"
+        digest = hashlib.sha256(f"{instance}\0{backend.domid}\0{path}".encode()).hexdigest()
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._socket.bind(f"\0trio-vchan/{digest[:40]}")
+        except OSError as exc:
+            self._socket.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise OSError(
+                errno.EADDRINUSE,
+                f"port in use: another server of domain {backend.domid} (in this or another"
+                f" process) already serves {path}; close it first, or choose another port",
+            ) from None
+
+    def release(self) -> None:
+        self._socket.close()
+
+
+@attrs.define
+class _Pages:
+    """The granted pages of one advertisement, offered again after a failed handshake."""
+
+    page_share: Share
+    regions: list[Share | Mapping]
+    orders: RingOrders
+    refs: list[int]
+
+    @classmethod
+    def grant(cls, backend: Backend, client_domid: int, orders: RingOrders) -> _Pages:
+        shares: list[Share] = []
+        try:
+            shares.append(backend.memory.share(client_domid, 1))
+            for order in (orders.left, orders.right):
+                if order >= 12:
+                    shares.append(backend.memory.share(client_domid, 1 << (order - 12)))
+        except BaseException:
+            _release_all([share.close for share in reversed(shares)])
+            raise
+        refs = [ref for share in shares[1:] for ref in share.refs]
+        return cls(shares[0], list(shares), orders, refs)
+
+    def ring(self, channel: EventChannel) -> RingEndpoint:
+        """Reset the page for a fresh client of ``channel`` and return our end of it."""
+        self.page_share.set_unmap_notify(SRV_LIVE, channel.port)
+        page = self.page_share.buffer
         page[:] = bytes(PAGE_SIZE)
-        write_orders(page, orders)
+        write_orders(page, self.orders)
         page[CLI_LIVE] = Live.WAITING
         page[SRV_LIVE] = Live.CONNECTED
         page[CLI_NOTIFY] = NotifyBit.WRITE
-        rings: list[memoryview] = []
-        refs: list[int] = []
-        for order in (orders.left, orders.right):
+        write_grants(page, self.refs)
+        views: list[memoryview] = []
+        external = iter(self.regions[1:])
+        for order in (self.orders.left, self.orders.right):
             if order < 12:
-                view = in_page_ring(page, order)
+                views.append(in_page_ring(page, order))
             else:
-                share = backend.memory.share(client_domid, 1 << (order - 12))
-                cleanup.insert(0, share.close)
-                regions.append(share)
-                refs.extend(share.refs)
-                view = share.buffer[: 1 << order]
-            # A live view keeps its pages from being released: drop it before them.
-            cleanup.insert(0, view.release)
-            rings.append(view)
-        write_grants(page, refs)
-        ring = RingEndpoint(page[:], read_ring=rings[0], write_ring=rings[1], role=Role.SERVER)
-        cleanup.insert(0, ring.release)
-        publishing = True
-        await _publish(backend, client_domid, path, page_share.refs[0], channel.port)
-    except BaseException:
-        try:
-            if publishing:  # cancelled after the commit, or failed part-way: take it back
-                await withdraw(backend, path)
-        finally:
-            _release_all(cleanup)
-        raise
-    return Endpoint(Role.SERVER, ring, channel, regions, path)
+                views.append(next(external).buffer[: 1 << order])
+        return RingEndpoint(page[:], read_ring=views[0], write_ring=views[1], role=Role.SERVER)
+
+    def release(self) -> None:
+        _release_all([region.close for region in reversed(self.regions)])
 
 
-async def _publish(backend: Backend, client_domid: int, path: str, ref: int, port: int) -> None:
-    perms = [Permission(Access.NONE, backend.domid), Permission(Access.READ, client_domid)]
-    entries = {"ring-ref": ref, "event-channel": port}
-    async with await _open_xenstore(backend) as xs:
-        # The directory first, outside the transaction: servers advertising side by side
-        # then touch only their own directories inside it, and their transactions do not
-        # conflict (measured on the simulated host: 100 concurrent listeners connected at
-        # 10/s before, 33/s after).
-        await xs.mkdir(path)
-        while True:  # one transaction, so that a watching client never sees half of it
-            tx = await xs.transaction_start()
+class ServerPort:
+    """The server's side of one (client domain, path): one handshake per :meth:`accept`.
+
+    Raises:
+        OSError: ``EADDRINUSE`` if another server of this domain holds the port.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        advertisements: Advertisements,
+        client_domid: int,
+        path: str,
+        orders: RingOrders,
+        handshake_timeout: float | None,
+        defer: Defer | None = None,
+    ) -> None:
+        self._backend = backend
+        self._defer = defer
+        self._pending: trio.Event | None = None  # a withdrawal handed over, not yet done
+        self._advertisements = advertisements
+        self._client_domid = client_domid
+        self._path = path
+        self._orders = orders
+        self._handshake_timeout = handshake_timeout
+        self._claim: _PortClaim | None = _PortClaim(backend, path)
+        self._stale_cleared = False
+        self._pages: _Pages | None = None
+        self._broken = _Backoff(BROKEN_BACKOFF_FIRST, BROKEN_BACKOFF_MAX)
+        self._starved = _Backoff(RESOURCE_BACKOFF_FIRST, RESOURCE_BACKOFF_MAX)
+
+    async def accept(self) -> Endpoint:
+        """Advertise, wait for the client, withdraw; return the connected endpoint."""
+        if self._claim is None:
+            raise trio.ClosedResourceError("this server port was closed")
+        if not self._stale_cleared:
+            # Anything there now was left by a server that died: take it over.
+            await self._advertisements.withdraw(self._path)
+            self._stale_cleared = True
+        while True:
+            await self._broken.wait()
+            await self._starved.wait()
             try:
-                for key, value in entries.items():
-                    await xs.write(f"{path}/{key}", str(value).encode(), tx=tx)
-                    await xs.set_perms(f"{path}/{key}", perms, tx=tx)
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await xs.transaction_end(tx, commit=False)
-                raise
-            try:
-                # Shielded: a commit cancelled in flight would leave us not knowing whether
-                # the entries are in the store.
-                with trio.CancelScope(shield=True):
-                    await xs.transaction_end(tx, commit=True)
-            except XenStoreError as exc:
-                if exc.errno != errno.EAGAIN:
-                    raise
+                endpoint = await self._advertise_once()
+            except _ClientFailed as exc:
+                _log.info("%s: %s; advertising afresh", self._path, exc)
+                self._broken.strike()
                 continue
-            return
+            except OSError as exc:
+                if exc.errno not in _RESOURCE_ERRNOS:
+                    raise
+                _log.warning("%s: %s; trying again in %.1f s", self._path, exc, self._starved.delay)
+                self._starved.strike()
+                continue
+            self._broken.reset()
+            self._starved.reset()
+            return endpoint
 
-
-async def withdraw(backend: Backend, path: str) -> None:
-    """Remove the advertisement; runs to completion (briefly) even in a cancelled scope."""
-    with trio.CancelScope(shield=True), trio.move_on_after(_WITHDRAW_TIMEOUT):
-        async with await _open_xenstore(backend) as xs:
-            for key in ("ring-ref", "event-channel"):
-                await _remove_if_present(xs, f"{path}/{key}")
-            # Also the directories the advertisement created, while nothing else is in them.
-            for directory in _own_directories(backend.domid, path):
-                if not await _remove_if_empty(xs, directory):
-                    break
-
-
-async def _remove_if_empty(xs: XenStoreClient, directory: str) -> bool:
-    """Remove ``directory`` if it has no children, atomically: another server may be
-    advertising below it at this very moment. Returns whether it was removed."""
-    while True:
-        tx = await xs.transaction_start()
+    async def _advertise_once(self) -> Endpoint:
+        if self._pending is not None:  # it removes what is at our path: let it finish first
+            await self._pending.wait()
+            self._pending = None
+        if self._pages is None:
+            self._pages = _Pages.grant(self._backend, self._client_domid, self._orders)
+        pages = self._pages
+        channel = self._backend.events.bind_unbound(self._client_domid)
         try:
-            if await xs.directory(directory, tx=tx):
-                await xs.transaction_end(tx, commit=False)
-                return False
-            await xs.rm(directory, tx=tx)
-        except XenStoreError as exc:
-            await xs.transaction_end(tx, commit=False)
-            # EIO: C xenstored 4.17's answer when another connection removed the directory
-            # after this transaction read it (reproduced on real Xen): gone already, as ENOENT.
-            if exc.errno in (errno.ENOENT, errno.EACCES, errno.EIO):
-                return False  # gone already, or not ours to remove
+            ring = pages.ring(channel)
+        except BaseException:
+            channel.close()
             raise
         try:
-            await xs.transaction_end(tx, commit=True)
-        except XenStoreError as exc:
-            if exc.errno != errno.EAGAIN:
-                raise
-            continue  # something changed meanwhile: look again
-        return True
-
-
-def _own_directories(server_domid: int, path: str) -> list[str]:
-    """``path`` and its parents below ``/local/domain/<server>/data``, deepest first."""
-    base = f"/local/domain/{server_domid}/data/vchan"
-    if not path.startswith(base + "/"):
-        return [path]
-    parts = path[len(base) + 1 :].split("/")
-    return [base + "/" + "/".join(parts[:n]) for n in range(len(parts), 0, -1)] + [base]
-
-
-async def _remove_if_present(xs: XenStoreClient, path: str) -> None:
-    try:
-        await xs.rm(path)
-    except XenStoreError as exc:
-        if exc.errno != errno.ENOENT:
+            advertised = Advertised(pages.page_share.refs[0], channel.port)
+            try:
+                await self._advertisements.publish(self._path, self._client_domid, advertised)
+                await self._wait_for_client(ring, channel)
+            finally:  # connected or not, nobody else may take it now
+                await cleanup(
+                    f"withdraw the advertisement at {self._path}",
+                    lambda: self._advertisements.withdraw(self._path),
+                    self._hand_over if self._defer is not None else None,
+                )
+        except BaseException:
+            _release_all([ring.release, channel.close])  # the pages stay, for the next try
             raise
+        self._pages = None  # the stream owns them now
+        return Endpoint(Role.SERVER, ring, channel, pages.regions, self._path, self._client_domid)
+
+    def _hand_over(self, what: str, action: Callable[[], Awaitable[None]]) -> trio.Event:
+        """Defer cleanup; our next advertisement waits for it (it clears our path)."""
+        assert self._defer is not None
+        self._pending = self._defer(what, action)
+        return self._pending
+
+    async def _wait_for_client(self, ring: RingEndpoint, channel: EventChannel) -> None:
+        """Return once the client has set ``cli_live``.
+
+        Raises:
+            _ClientFailed: it wrote a bad live byte, closed its port first, or stalled for
+                ``handshake_timeout`` seconds after binding the port.
+        """
+        timeout = self._handshake_timeout
+        # Where the backend can tell a bound port, look again this often to start the clock.
+        look = math.inf if timeout is None else max(0.01, min(timeout / 4, 1.0))
+        bound_at: float | None = None
+        while True:
+            channel.consume()  # before looking: an event after the look wakes the wait
+            try:
+                live = ring.peer_live()
+            except ProtocolError as exc:
+                raise _ClientFailed(f"the client broke the handshake: {exc}") from exc
+            if live is not Live.WAITING:
+                return
+            status = channel.status()
+            if status is ChannelStatus.PEER_CLOSED:
+                raise _ClientFailed("the client closed its port before setting cli_live")
+            now = trio.current_time()
+            if status is ChannelStatus.CONNECTED and bound_at is None:
+                bound_at = now
+            wait = look if bound_at is None or timeout is None else bound_at + timeout - now
+            if wait <= 0:
+                raise _ClientFailed(f"the client did not complete the handshake in {timeout} s")
+            with trio.move_on_after(wait if status is not ChannelStatus.UNKNOWN else math.inf):
+                await trio.lowlevel.wait_readable(channel.fileno())
+
+    async def aclose(self) -> None:
+        """Give back the pages and the claim; remove the empty parents of the path."""
+        pages, self._pages = self._pages, None
+        claim, self._claim = self._claim, None
+        try:
+            if pages is not None:
+                pages.release()
+        finally:
+            if claim is not None:
+                claim.release()
+                await cleanup(
+                    f"remove the empty directories above {self._path}",
+                    lambda: self._advertisements.tidy(self._path),
+                    self._hand_over if self._defer is not None else None,
+                )
 
 
 # -- client ---------------------------------------------------------------------------------------
 
 
-def _parse_advertised(value: bytes, key: str, limit: int) -> int:
-    text = value.decode("ascii", "replace")
-    # At most 10 digits before int(): a node value can hold 2048 of them (4096 for dom0).
-    if not (text.isascii() and text.isdecimal() and len(text) <= 10) or not 0 < int(text) <= limit:
-        shown = repr(text) if len(text) <= 40 else f"{text[:32]!r}... ({len(value)} bytes)"
-        raise ProtocolError(f"the server advertised {key} = {shown}, not a number 1..{limit}")
-    return int(text)
-
-
-async def _read_advertisement(xs: XenStoreClient, path: str) -> tuple[int, int] | None:
-    """``(ring_ref, port)`` as advertised at ``path`` now, or None while there is none."""
-    try:
-        ring_ref = await xs.read(f"{path}/ring-ref")
-        port = await xs.read(f"{path}/event-channel")
-    except XenStoreError as exc:
-        # Not there yet, or not yet readable by us.
-        if exc.errno not in (errno.ENOENT, errno.EACCES):
-            raise
-        return None
-    return (
-        _parse_advertised(ring_ref, "ring-ref", 0xFFFF_FFFF),
-        _parse_advertised(port, "event-channel", 0x7FFF_FFFF),
-    )
-
-
-async def attach(backend: Backend, server_domid: int, path: str) -> Endpoint:
+async def connect_endpoint(
+    backend: Backend, advertisements: Advertisements, server_domid: int, path: str
+) -> Endpoint:
     """Connect as the client to the server advertised at ``path``, waiting for it.
 
-    Waits on a watch, never polling. Another client of our domain may take an advertisement
-    just before us (binding its event channel then fails with EINVAL): we try again after
-    the next change at ``path``, when the server has advertised afresh.
+    Raises:
+        ProtocolError: the advertisement or the shared page is invalid.
+        PeerGoneError: the server's domain was destroyed while we waited.
+        OSError: the platform refused (for instance the pages are not granted to us).
     """
-    async with await _open_xenstore(backend) as xs:
-        await xs.watch(f"{path}/event-channel", _WATCH_TOKEN)
+    async with advertisements.lookup(server_domid, path) as lookup:
         while True:
-            advertisement = await _read_advertisement(xs, path)
-            if advertisement is not None:
-                endpoint = _attach_to(backend, server_domid, path, *advertisement)
-                if endpoint is not None:
-                    return endpoint
-            await xs.next_watch_event()
+            advertised = await lookup.next()
+            endpoint = _attach_to(backend, server_domid, path, advertised)
+            if endpoint is not None:
+                return endpoint
 
 
 def _check_grants(grants: tuple[list[int], list[int]]) -> tuple[list[int], list[int]]:
@@ -310,7 +467,7 @@ def _check_grants(grants: tuple[list[int], list[int]]) -> tuple[list[int], list[
 
 
 def _attach_to(
-    backend: Backend, server_domid: int, path: str, ring_ref: int, port: int
+    backend: Backend, server_domid: int, path: str, advertised: Advertised
 ) -> Endpoint | None:
     """Bind, map, validate and announce, for one advertisement.
 
@@ -319,14 +476,14 @@ def _attach_to(
     failure, an EINVAL from mapping included, is raised: it is this advertisement's fault.
     """
     try:
-        channel = backend.events.bind_interdomain(server_domid, port)
+        channel = backend.events.bind_interdomain(server_domid, advertised.port)
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             return None
         raise
     cleanup: list[Callable[[], None]] = [channel.close]
     try:
-        page_map = backend.memory.map(server_domid, [ring_ref], writable=True)
+        page_map = backend.memory.map(server_domid, [advertised.ring_ref], writable=True)
         cleanup.insert(0, page_map.close)
         page_map.set_unmap_notify(CLI_LIVE, channel.port)
         regions: list[Share | Mapping] = [page_map]
@@ -355,4 +512,4 @@ def _attach_to(
     except BaseException:
         _release_all(cleanup)
         raise
-    return Endpoint(Role.CLIENT, ring, channel, regions, path)
+    return Endpoint(Role.CLIENT, ring, channel, regions, path, server_domid)

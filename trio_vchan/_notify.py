@@ -24,6 +24,7 @@ class Notifier:
         self._generation = 0
         self._watching = False
         self._closed = False
+        self._interrupted = False
         self._lot = trio.lowlevel.ParkingLot()
 
     def token(self) -> int:
@@ -53,11 +54,21 @@ class Notifier:
                 self._channel.consume()
                 self._generation += 1
             except trio.ClosedResourceError:
-                raise trio.ClosedResourceError("this vchan was already closed") from None
+                if self._closed or not self._interrupted:
+                    raise trio.ClosedResourceError("this vchan was already closed") from None
+                self._interrupted = False  # woken by interrupt(), which counted it
             finally:
                 self._watching = False
                 self._lot.unpark_all()
         return blocked
+
+    def interrupt(self) -> None:
+        """Wake every waiter as an event would (they look at the ring and the stream again)."""
+        self._generation += 1
+        if self._watching:
+            self._interrupted = True
+            trio.lowlevel.notify_closing(self._channel.fileno())
+        self._lot.unpark_all()
 
     def close(self) -> None:
         """Wake every waiter with ClosedResourceError; the caller closes the channel after."""

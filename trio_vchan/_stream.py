@@ -10,7 +10,10 @@ taken before the look, an event that arrives in between is never lost.
 
 End of stream: a peer that closes first writes its last data, then sets its live byte to 0. We
 read the live byte *before* reading the ring, so "exited and the ring is empty" really means
-every byte written before the close has been delivered.
+every byte written before the close has been delivered. A peer can also vanish without
+clearing its byte (a peer that asked for no unmap-notify, or whose port closed before its
+mapping went): a side that wakes and finds nothing to do asks the backend whether the peer's
+port is still there, and a closed one counts as the peer having exited.
 
 A :class:`~trio_vchan.ProtocolError` from the core (a hostile or broken page) breaks the stream
 for good; callers see :class:`trio.BrokenResourceError` caused by it.
@@ -20,11 +23,13 @@ from __future__ import annotations
 
 import operator
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar, final
 
 import trio
 
+from ._advertisement import PeerGoneError
+from ._backend import ChannelStatus
 from ._errors import ProtocolError
 from ._layout import Live, Role
 from ._notify import Notifier
@@ -73,7 +78,9 @@ class VchanStream(trio.abc.Stream):
 
     __module__ = "trio_vchan"
 
-    def __init__(self, endpoint: Endpoint, on_close: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, endpoint: Endpoint, on_close: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._endpoint = endpoint
         self._ring = endpoint.ring
         self._channel = endpoint.channel
@@ -81,12 +88,26 @@ class VchanStream(trio.abc.Stream):
         self._on_close = on_close
         self._closed = False
         self._broken: BaseException | None = None
+        self._peer_gone: PeerGoneError | None = None
+        self._peer_port_gone = False
         self._busy_poll = 0.0
         self._at_end = False
         self._send_conflict = _ConflictDetector("another task is already sending on this vchan")
         self._receive_conflict = _ConflictDetector(
             "another task is already receiving on this vchan"
         )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "broken" if self._broken else "open"
+        return (
+            f"<VchanStream {self.role.name.lower()} with domain {self.peer_domid}"
+            f" at {self.path}, {state}>"
+        )
+
+    @property
+    def peer_domid(self) -> int:
+        """The domain at the other end."""
+        return self._endpoint.peer_domid
 
     @property
     def role(self) -> Role:
@@ -169,17 +190,21 @@ class VchanStream(trio.abc.Stream):
         with self._receive_conflict:
             limit = _check_max_bytes(max_bytes)
             await trio.lowlevel.checkpoint_if_cancelled()
-            blocked = False
+            blocked = woke = False
             while True:
                 token = self._notifier.token()  # before looking: no lost wake-ups
                 data = self._try_receive(limit)
+                if data is None and (woke or self._peer_port_gone) and self._peer_port_closed():
+                    self._at_end = True  # gone without a word: as if it had exited
+                    data = b""
                 if data is not None:
                     if not blocked:  # a wait that blocked was this call's checkpoint already
                         await trio.lowlevel.cancel_shielded_checkpoint()
                     return data
-                blocked |= await self._wait_for(
+                woke = await self._wait_for(
                     token, self._ring.data_ready, self._ring.request_data_notify
                 )
+                blocked |= woke
 
     def _try_receive(self, limit: int) -> bytes | bytearray | None:
         """One look at the ring: data, ``b""`` at end of stream, or None for "nothing yet"."""
@@ -199,6 +224,8 @@ class VchanStream(trio.abc.Stream):
         if exited:
             self._at_end = True
             return b""
+        if self._peer_gone is not None:
+            raise trio.BrokenResourceError(str(self._peer_gone)) from self._peer_gone
         return None
 
     # -- sending -------------------------------------------------------------------------------
@@ -217,6 +244,7 @@ class VchanStream(trio.abc.Stream):
             with memoryview(data) as source:
                 remaining = source if source.format == "B" else source.cast("B")
                 self._check_status()
+                woke = False
                 while remaining:
                     token = self._notifier.token()
                     accepted = self._try_send(remaining)
@@ -224,10 +252,14 @@ class VchanStream(trio.abc.Stream):
                         break
                     if accepted:
                         remaining = remaining[accepted:]
-                    else:
-                        blocked |= await self._wait_for(
-                            token, self._ring.buffer_space, self._ring.request_space_notify
-                        )
+                        woke = False
+                        continue
+                    if (woke or self._peer_port_gone) and self._peer_port_closed():
+                        raise trio.BrokenResourceError("peer closed the vchan (its port is gone)")
+                    woke = await self._wait_for(
+                        token, self._ring.buffer_space, self._ring.request_space_notify
+                    )
+                    blocked |= woke
                 remaining.release()
             if not blocked:  # a wait that blocked was this call's checkpoint already
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -236,6 +268,8 @@ class VchanStream(trio.abc.Stream):
         """Write what fits now; returns how much that was."""
         self._check_status()
         ring = self._ring
+        if self._peer_gone is not None:
+            raise trio.BrokenResourceError(str(self._peer_gone)) from self._peer_gone
         try:
             if ring.peer_live() is Live.EXITED:
                 raise trio.BrokenResourceError("peer closed the vchan")
@@ -257,6 +291,19 @@ class VchanStream(trio.abc.Stream):
             return False
         return await self._wait(token)
 
+    def peer_domain_destroyed(self) -> None:
+        """Told by the session: the peer's domain is gone. What it wrote before can still be
+        received; after that, and for every send, BrokenResourceError."""
+        self._peer_gone = PeerGoneError(f"domain {self.peer_domid} (the peer) was destroyed")
+        self._notifier.interrupt()
+
+    def _peer_port_closed(self) -> bool:
+        """Whether the backend says the peer's end of our event channel has closed (for good:
+        asked again only until it has)."""
+        if not self._peer_port_gone:
+            self._peer_port_gone = self._guard(self._channel.status) is ChannelStatus.PEER_CLOSED
+        return self._peer_port_gone
+
     def _spin(self, available: Callable[[], int]) -> bool:
         deadline = time.perf_counter() + self._busy_poll
         while time.perf_counter() < deadline:
@@ -273,28 +320,17 @@ class VchanStream(trio.abc.Stream):
         """
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
+            woke = False
             while True:
                 token = self._notifier.token()
                 if self.peer_live() is Live.EXITED or self.buffer_space > 0:
                     break
-                await self._wait_for(
+                if (woke or self._peer_port_gone) and self._peer_port_closed():
+                    break
+                woke = await self._wait_for(
                     token, self._ring.buffer_space, self._ring.request_space_notify
                 )
             await trio.lowlevel.cancel_shielded_checkpoint()
-
-    async def wait_for_client(self) -> None:
-        """Server side of the handshake: return once the client has set ``cli_live``.
-
-        Raises:
-            ProtocolError: the client wrote a live byte the protocol does not allow (raised
-                as it is, so that a listener drops this client and advertises afresh).
-        """
-        while True:
-            token = self._notifier.token()
-            self._check_status()
-            if self._ring.peer_live() is not Live.WAITING:
-                return
-            await self._wait(token)
 
     async def _wait(self, token: int) -> bool:
         try:
@@ -325,5 +361,7 @@ class VchanStream(trio.abc.Stream):
             try:
                 self._endpoint.release()
             finally:
-                self._on_close()
+                if self._on_close is not None:
+                    with trio.CancelScope(shield=True):
+                        await self._on_close()  # brief: closes a connection at most
         await trio.lowlevel.checkpoint()

@@ -5,8 +5,12 @@ Theory of operation
 The same stream carries replies to our requests and, interleaved, WATCH_EVENT messages that
 arrive whenever a watched node changes. There is no background task: requests go out one at a
 time under a lock, and whoever needs a message reads the stream. One task reads at a time (the
-others park, as in ``_notify``); each message read is filed: an event into a queue that
-:meth:`XenStoreClient.next_watch_event` drains, a reply into a slot its requester collects.
+others park, as in ``_notify``); each message read is filed: a reply into a slot its requester
+collects; an event for a :meth:`XenStoreClient.watching` context into its :class:`Changes`
+(which only counts: "something changed, look again"), any other event into a queue that
+:meth:`XenStoreClient.next_watch_event` drains. That queue holds at most
+:data:`EVENT_QUEUE_MAX` events and drops the oldest beyond (as xenstored drops a slow
+connection's events), so a flood of events cannot grow our memory.
 
 A request cancelled while waiting for its reply leaves that reply on the wire; its ``req_id``
 is remembered and the reply is dropped when it arrives, so the next request stays in step. A
@@ -15,10 +19,12 @@ cancelled send leaves the stream in an unknown state, so the client is then brok
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar, final
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Final, TypeVar, final
 
 import attrs
 import trio
@@ -37,12 +43,20 @@ from ._xs_wire import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from types import TracebackType
 
 _T = TypeVar("_T")
 _E = TypeVar("_E", bound=BaseException)
 
 _RECEIVE_SIZE = 65536
+#: How long sending one request may take (the store is not reading): then the client breaks.
+SEND_TIMEOUT: Final = 0.05
+#: How long leaving :meth:`XenStoreClient.watching` waits for UNWATCH's reply.
+UNWATCH_TIMEOUT: Final = 0.05
+#: Unclaimed watch events kept for :meth:`XenStoreClient.next_watch_event`; older ones drop.
+EVENT_QUEUE_MAX: Final = 1024
+_CHANGES_TOKEN_PREFIX: Final = "trio-vchan/"
 
 
 @final
@@ -52,6 +66,38 @@ class WatchEvent:
 
     path: str
     token: str
+
+
+@final
+class Changes:
+    """Counts the events of one :meth:`XenStoreClient.watching` context (they coalesce)."""
+
+    def __init__(self, client: XenStoreClient) -> None:
+        self._client = client
+        self._seen = 0
+        self.fired = 0  #: events filed so far, the registration event included
+
+    def take(self) -> bool:
+        """Whether an event fired since the last ``take`` (or since the watch was set, whose
+        registration event counts); never waits."""
+        if self.fired == self._seen:
+            return False
+        self._seen = self.fired
+        return True
+
+    async def wait(self) -> None:
+        """Return once :meth:`take` would return True (and take it)."""
+        await self._client.wait_for_changes(self)
+
+
+@attrs.define(eq=False)
+class _Watch:
+    """One watch in the store, shared by every :meth:`XenStoreClient.watching` of its path."""
+
+    token: str
+    subscribers: set[Changes]
+    registered: trio.Event = attrs.Factory(trio.Event)
+    failed: bool = False
 
 
 @final
@@ -73,10 +119,13 @@ class XenStoreClient:
         self._decoder = MessageDecoder()
         self._request_lock = trio.Lock()
         self._next_req_id = 1
-        self._awaiting: int | None = None
+        self._outstanding: set[int] = set()  # sent, reply not yet filed
         self._replies: dict[int, Message] = {}
         self._abandoned: set[int] = set()
-        self._events: deque[WatchEvent] = deque()
+        self._events: deque[WatchEvent] = deque(maxlen=EVENT_QUEUE_MAX)
+        self._changes: dict[str, _Watch] = {}  # by token
+        self._watches: dict[str, _Watch] = {}  # by path
+        self._next_token = 1
         self._reading = False
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
@@ -189,6 +238,80 @@ class XenStoreClient:
         validate_path(path, allow_special=True)
         await self._request(MessageType.UNWATCH, join_strings([path, token]), 0, path)
 
+    @asynccontextmanager
+    async def watching(self, path: str) -> AsyncIterator[Changes]:
+        """Watch ``path`` under a token of our own for the duration of the block.
+
+        Many tasks may watch through one client, and each gets its own :class:`Changes`;
+        tasks watching the same path share one watch in the store (whose quota counts
+        watches: 128 per domain in C xenstored). Leaving the block unwatches once the last
+        task has left, briefly even when cancelled (the UNWATCH is sent at once; its reply is
+        not waited for long).
+        """
+        validate_path(path, allow_special=True)
+        changes = Changes(self)
+        shared = await self._subscribe(path, changes)
+        try:
+            yield changes
+        finally:
+            await self._leave_watch(path, shared, changes)
+
+    async def _subscribe(self, path: str, changes: Changes) -> _Watch:
+        while True:
+            shared = self._watches.get(path)
+            if shared is None:
+                token = f"{_CHANGES_TOKEN_PREFIX}{self._next_token}"
+                self._next_token += 1
+                shared = self._watches[path] = _Watch(token, {changes})
+                self._changes[token] = shared
+                try:
+                    await self.watch(path, token)
+                except BaseException:
+                    shared.failed = True  # waiting subscribers try again themselves
+                    shared.subscribers = {changes}
+                    await self._leave_watch(path, shared, changes)
+                    raise
+                finally:
+                    shared.registered.set()
+                return shared
+            changes.fired = 1  # already watched: its registration event counts for us too
+            shared.subscribers.add(changes)
+            try:
+                await shared.registered.wait()
+            except BaseException:
+                await self._leave_watch(path, shared, changes)
+                raise
+            if not shared.failed:
+                return shared
+            shared.subscribers.discard(changes)  # its creator failed: try ourselves
+
+    async def _leave_watch(self, path: str, shared: _Watch, changes: Changes) -> None:
+        shared.subscribers.discard(changes)
+        if shared.subscribers or shared.token not in self._changes:
+            return
+        del self._changes[shared.token]
+        if self._watches.get(path) is shared:
+            del self._watches[path]
+        # A WATCH cancelled while awaiting its reply may still have taken effect: unwatch.
+        if self.usable:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + UNWATCH_TIMEOUT
+                with contextlib.suppress(XenStoreError, trio.BrokenResourceError):
+                    await self.unwatch(path, shared.token)
+
+    async def wait_for_changes(self, *changes: Changes) -> None:
+        """Wait until one of ``changes`` has an event; take the events of all of them."""
+
+        def take() -> bool | None:
+            return any([c.take() for c in changes]) or None
+
+        await self._receive_until(take)
+
+    @property
+    def usable(self) -> bool:
+        """Neither closed nor broken: requests can still be sent."""
+        return not self._closed and self._broken is None
+
     async def next_watch_event(self) -> WatchEvent:
         """Return the oldest watch event, waiting for one if none is queued."""
         return await self._receive_until(lambda: self._events.popleft() if self._events else None)
@@ -231,28 +354,37 @@ class XenStoreClient:
             raise XenStoreError(errno.E2BIG, f"{op} {what}")
         if not 0 <= tx < 2**32:
             raise ValueError(f"tx must be a transaction id or 0, not {tx!r}")
+        # Only the send is exclusive: the store answers one connection's requests in order,
+        # so tasks sharing the client each wait for their own reply (pipelined).
         async with self._request_lock:
             self._check_usable()
             req_id = self._next_req_id
             self._next_req_id = req_id % 0xFFFFFFFF + 1
             data = Message(type, req_id, tx, payload).encode()
-            try:
-                await self._stream.send_all(data)
-            except trio.Cancelled:
-                self._broken = trio.BrokenResourceError("a XenStore request was cancelled mid-send")
-                raise
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise self._stream_failed(exc) from exc
-            self._awaiting = req_id
-            try:
-                reply = await self._receive_until(lambda: self._replies.pop(req_id, None))
-            except BaseException:
-                if req_id not in self._replies and self._broken is None:
-                    self._abandoned.add(req_id)
-                self._replies.pop(req_id, None)
-                raise
-            finally:
-                self._awaiting = None
+            await trio.lowlevel.checkpoint_if_cancelled()  # a cancel before sending is clean
+            self._outstanding.add(req_id)  # before sending: the reply may be read at once
+            # Half a message would leave the stream out of step: the send is shielded, for as
+            # long as a store that reads its socket needs to take a message.
+            with trio.CancelScope(shield=True) as sending:
+                sending.deadline = trio.current_time() + SEND_TIMEOUT
+                try:
+                    await self._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise self._stream_failed(exc) from exc
+            if sending.cancelled_caught:
+                self._broken = trio.BrokenResourceError(
+                    f"XenStore took no request for {SEND_TIMEOUT} s"
+                )
+                raise self._broken
+        try:
+            reply = await self._receive_until(lambda: self._replies.pop(req_id, None))
+        except BaseException:
+            if req_id in self._outstanding and self._broken is None:
+                self._abandoned.add(req_id)  # its reply is still to come: drop it then
+            self._replies.pop(req_id, None)
+            raise
+        finally:
+            self._outstanding.discard(req_id)
         if reply.type == MessageType.ERROR:
             raise XenStoreError(decode_error(reply.payload), f"{op} {what}")
         if reply.type != type:
@@ -300,8 +432,14 @@ class XenStoreClient:
             if len(parts) < 2:
                 raise self._break(ProtocolError(f"bad watch event {message.payload!r}"))
             path, token = (p.decode("utf-8", "replace") for p in parts[:2])
-            self._events.append(WatchEvent(path, token))
-        elif message.req_id == self._awaiting:
+            shared = self._changes.get(token)
+            if shared is not None:
+                for changes in shared.subscribers:
+                    changes.fired += 1
+            elif not token.startswith(_CHANGES_TOKEN_PREFIX):  # else: of a watch just left
+                self._events.append(WatchEvent(path, token))
+        elif message.req_id in self._outstanding:
+            self._outstanding.discard(message.req_id)
             self._replies[message.req_id] = message
         elif message.req_id in self._abandoned:
             self._abandoned.discard(message.req_id)

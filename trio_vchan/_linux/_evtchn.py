@@ -16,7 +16,7 @@ import errno
 import os
 from typing import Final, final
 
-from .._backend import EventChannel, EventChannels, check_domid
+from .._backend import ChannelStatus, EventChannel, EventChannels, check_domid
 from .._xen_devices import ffi, lib
 from ._syscalls import SYSCALLS, Syscalls
 
@@ -89,6 +89,10 @@ class LinuxEventChannel(EventChannel):
             pending = _port_bytes(self._port)
         if pending:
             self._sys.write(self._fd, pending)
+
+    def status(self) -> ChannelStatus:
+        """UNKNOWN while open: the device offers no EVTCHNOP_status (that needs privcmd)."""
+        return ChannelStatus.PEER_CLOSED if self._fd < 0 else ChannelStatus.UNKNOWN
 
     def close(self) -> None:
         """Unbind the port and close its file; idempotent."""

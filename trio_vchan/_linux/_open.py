@@ -104,4 +104,5 @@ def open_backend(
         memory=memory,
         connect_xenstore=connect,
         close=memory.close,
+        instance=f"xen {path}",
     )

@@ -35,6 +35,7 @@ import trio
 from .._backend import (
     PAGE_SIZE,
     Backend,
+    ChannelStatus,
     EventChannel,
     EventChannels,
     GrantMemory,
@@ -158,6 +159,13 @@ def _call(transport: Transport, what: str, request: Request, nfds: int) -> tuple
 # -- event channels -------------------------------------------------------------------------------
 
 
+_CHANNEL_STATUS: Final[dict[int, ChannelStatus]] = {
+    PortState.UNBOUND: ChannelStatus.UNBOUND,
+    PortState.CONNECTED: ChannelStatus.CONNECTED,
+    PortState.PEER_CLOSED: ChannelStatus.PEER_CLOSED,
+}
+
+
 @final
 class SimEventChannel(EventChannel):
     """One bound port. ``fileno()`` is an eventfd: readable while events are pending.
@@ -203,6 +211,22 @@ class SimEventChannel(EventChannel):
             return
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self._wait_fd)
+
+    def status(self) -> ChannelStatus:
+        """The remote end's state, as the host's EVTCHN_STATUS says (PEER_CLOSED once this end
+        is closed, or when the host is unreachable)."""
+        if self._closed:
+            return ChannelStatus.PEER_CLOSED
+        try:
+            reply, _ = _call(
+                self._transport,
+                f"status of port {self._port}",
+                Request(Op.EVTCHN_STATUS, (self._port, 0, 0)),
+                0,
+            )
+        except OSError:
+            return ChannelStatus.PEER_CLOSED
+        return _CHANNEL_STATUS.get(reply.values[0], ChannelStatus.UNKNOWN)
 
     @property
     def peer_closed(self) -> bool:
@@ -501,6 +525,7 @@ def make_backend(domid: int, transport: Transport, xenstore_path: Path) -> Backe
         memory=SimGrantMemory(transport),
         connect_xenstore=connect_xenstore,
         close=transport.close,
+        instance=f"simulated host {xenstore_path}",
     )
 
 
