@@ -23,6 +23,9 @@ from subprocess_paths import SAFE_PATH
 from trio_vchan import VchanStream, serve_vchan
 from trio_vchan._cli._progress import format_size
 from trio_vchan._cli._status import ExitStatus
+from trio_vchan._cli._waiting import NOTICE_DELAY
+from trio_vchan._handshake import DEFAULT_HANDSHAKE_TIMEOUT
+from trio_vchan._xenstore import XenStoreClient
 from trio_vchan.sim import ENV_DIR, ENV_DOMID, SimulatedHost
 
 TIMEOUT = 60  # generous: these machines are small and shared
@@ -121,6 +124,15 @@ def no_traceback(stderr: bytes) -> None:
     assert b"Traceback" not in stderr, stderr.decode(errors="replace")
 
 
+_NOTICE = re.compile(rb"trio-vchan \w+: waiting for domain \d+ to (serve|connect to) '.*' \(.*\)\n")
+
+
+def without_notices(stderr: bytes) -> bytes:
+    """``stderr`` without the lines that say, after a second, what a command waits for (a
+    busy machine can make any wait that long)."""
+    return _NOTICE.sub(b"", stderr)
+
+
 def blocks(total: int, size: int = MiB) -> Iterator[bytes]:
     """``total`` bytes that differ from block to block, made quickly."""
     base = os.urandom(size)
@@ -160,8 +172,8 @@ async def test_version(how: str) -> None:
     ("args", "expected"),
     [
         ((), ["cat", "proxy", "sim", "examples:"]),
-        (("cat",), ["DOMID PORT", "--keep-open", "examples:", "exit status:"]),
-        (("proxy",), ["--unix PATH", "--tcp [HOST]:PORT", "examples:", "exit status:"]),
+        (("cat",), ["DOMID PORT", "--keep-open", "--timeout", "--handshake-timeout", "124"]),
+        (("proxy",), ["--unix PATH", "--tcp [HOST]:PORT", "--timeout", "--handshake-timeout"]),
         (("sim",), ["COMMAND"]),
     ],
 )
@@ -192,6 +204,14 @@ async def test_help(args: tuple[str, ...], expected: list[str]) -> None:
         (("proxy", "-l", "1", "foo", "--tcp", ":99999"), "a TCP port is 0..65535, not 99999"),
         (("proxy", "-l", "1", "foo", "--tcp", "::1:80"), "write an IPv6 host in brackets"),
         (("proxy", "1,2", "foo", "--unix", "s"), "only a listening proxy (-l) serves several"),
+        (("cat", "--timeout", "0", "1", "foo"), "a timeout is a positive number of seconds"),
+        (("cat", "--timeout", "-1", "1", "foo"), "not '-1'"),
+        (("cat", "--timeout", "nan", "1", "foo"), "not 'nan'"),
+        (("cat", "--timeout", "inf", "1", "foo"), "not 'inf'"),
+        (("cat", "--timeout", "soon", "1", "foo"), "not 'soon'"),
+        (("cat", "-l", "--handshake-timeout", "0", "1", "foo"), "a timeout is a positive"),
+        (("cat", "--handshake-timeout", "1", "1", "foo"), "--handshake-timeout is for the"),
+        (("proxy", "--handshake-timeout", "1", "1", "foo", "--unix", "s"), "use it with -l"),
     ],
 )
 async def test_bad_arguments_exit_2_with_a_message(args: tuple[str, ...], message: str) -> None:
@@ -247,7 +267,8 @@ async def test_listener_receives_a_file_and_both_end(sim: SimulatedHost) -> None
     assert (receiver.returncode, sender.returncode) == (0, 0)
     assert receiver.stdout == data
     assert sender.stdout == b""
-    assert receiver.stderr == sender.stderr == b""  # no progress unless stderr is a terminal
+    # no progress unless stderr is a terminal
+    assert without_notices(receiver.stderr) == without_notices(sender.stderr) == b""
 
 
 async def test_listener_sends_and_the_client_receives(sim: SimulatedHost) -> None:
@@ -387,7 +408,7 @@ async def test_stdout_closed_early_ends_quietly(sim: SimulatedHost) -> None:
             assert head.stderr.split() == [b"141"]  # nothing but the status we echoed
             assert await wait(sender) == ExitStatus.FAILURE
             assert sender.stderr is not None
-            message = (await read_all(sender.stderr)).decode()
+            message = without_notices(await read_all(sender.stderr)).decode()
             assert message == "trio-vchan cat: the peer closed the vchan before the end of stdin\n"
 
 
@@ -653,6 +674,297 @@ async def test_proxy_reports_a_socket_it_cannot_reach(sim: SimulatedHost, tmp_pa
         )
         proxy.send_signal(signal.SIGINT)
         assert await wait(proxy) == ExitStatus.INTERRUPTED
+
+
+# -- waiting for the other domain --------------------------------------------------------------
+
+
+def notice(command: str, waiting_for: str) -> bytes:
+    return f"trio-vchan {command}: waiting for {waiting_for}\n".encode()
+
+
+def gave_up(command: str, seconds: str, waiting_for: str) -> bytes:
+    return f"trio-vchan {command}: gave up after {seconds} s waiting for {waiting_for}\n".encode()
+
+
+#: Commands in domain 2 whose other domain (1) never comes, and what they wait for.
+ALONE = [
+    pytest.param(
+        "cat",
+        ("1", "alone"),
+        "domain 1 to serve 'alone' (/local/domain/1/data/vchan/2/alone)",
+        id="cat",
+    ),
+    pytest.param(
+        "cat",
+        ("1", "/local/domain/1/elsewhere"),
+        "domain 1 to serve '/local/domain/1/elsewhere' (/local/domain/1/elsewhere)",
+        id="cat-path",
+    ),
+    pytest.param(
+        "cat",
+        ("-l", "1", "alone"),
+        "domain 1 to connect to 'alone' (/local/domain/2/data/vchan/1/alone)",
+        id="cat-l",
+    ),
+    pytest.param(
+        "proxy",
+        ("-l", "1", "alone", "--unix", "/nonexistent/socket"),
+        "domain 1 to connect to 'alone' (/local/domain/2/data/vchan/1/alone)",
+        id="proxy-l",
+    ),
+]
+
+
+@pytest.mark.parametrize(("command", "args", "waiting_for"), ALONE)
+async def test_a_wait_of_a_second_is_mentioned_once(
+    sim: SimulatedHost, command: str, args: tuple[str, ...], waiting_for: str
+) -> None:
+    started = trio.current_time()
+    async with cli(domain_environ(sim, 2), command, *args) as process:
+        expected = notice(command, waiting_for)
+        stderr = await read_until(process.stderr, expected)
+        # the child's second starts after it did: a lower bound that no load can break
+        assert trio.current_time() - started >= NOTICE_DELAY
+        assert expected in stderr
+        # Once: nothing more for a while. (A sleep, as nothing else can show an absence.)
+        await trio.sleep(2 * NOTICE_DELAY)
+        process.terminate()
+        assert await wait(process) == ExitStatus.TERMINATED
+        stderr += await read_all(process.stderr)
+    assert stderr.count(b"waiting for") == 1
+    no_traceback(stderr)
+
+
+@pytest.mark.parametrize(("command", "args", "waiting_for"), ALONE)
+async def test_timeout_gives_up_with_status_124(
+    sim: SimulatedHost, command: str, args: tuple[str, ...], waiting_for: str
+) -> None:
+    """Given up before the second is out: only the failure is said (and a listener withdrew
+    its advertisement: the fixture checks)."""
+    result = await run_cli(domain_environ(sim, 2), command, "--timeout", "0.5", *args)
+    assert result.returncode == 124  # ExitStatus.TIMED_OUT, as documented
+    lines = result.stderr.splitlines(keepends=True)
+    assert lines[-1] == gave_up(command, "0.5", waiting_for)
+    assert not any(_NOTICE.fullmatch(line) for line in lines)
+
+
+@pytest.mark.parametrize(("command", "args", "waiting_for"), ALONE)
+async def test_quiet_waits_without_a_word(
+    sim: SimulatedHost, command: str, args: tuple[str, ...], waiting_for: str
+) -> None:
+    result = await run_cli(domain_environ(sim, 2), command, "-q", "--timeout", "2.5", *args)
+    assert result.returncode == ExitStatus.TIMED_OUT
+    assert result.stderr == gave_up(command, "2.5", waiting_for)  # an error is still said
+
+
+async def test_proxy_says_a_connection_waits_for_its_server(
+    sim: SimulatedHost, tmp_path: Path
+) -> None:
+    """Without -l the proxy waits for the server once a socket client has come, and says so;
+    the connection goes through once the server is there."""
+    address = str(tmp_path / "proxy.sock")
+    async with cli(domain_environ(sim, 1), "proxy", "0", "late", "--unix", address) as proxy:
+        await read_until(proxy.stderr, b"listening on")
+        with trio.fail_after(TIMEOUT):
+            async with await socket_connect(address) as stream:
+                await stream.send_all(b"anyone?\n")
+                waiting_for = "domain 0 to serve 'late' (/local/domain/0/data/vchan/1/late)"
+                expected = notice("proxy: connection 1", waiting_for)
+                assert expected in await read_until(proxy.stderr, expected)
+                async with vchan_service(sim, 1, "late"):
+                    assert await read_all(stream) == b"ANYONE?\n"
+        proxy.terminate()
+        assert await wait(proxy) == ExitStatus.TERMINATED
+        no_traceback(await read_all(proxy.stderr))
+
+
+async def test_proxy_timeout_closes_a_connection_and_goes_on(
+    sim: SimulatedHost, tmp_path: Path
+) -> None:
+    """Without -l, --timeout fails the socket connection whose server is not there; the
+    proxy itself goes on (a socket client must not be able to stop it)."""
+    address = str(tmp_path / "proxy.sock")
+    args = ("proxy", "--timeout", "0.5", "0", "late", "--unix", address)
+    async with cli(domain_environ(sim, 1), *args) as proxy:
+        await read_until(proxy.stderr, b"listening on")
+        with trio.fail_after(TIMEOUT):
+            async with await socket_connect(address) as stream:
+                # (nothing sent: closing a Unix socket with unread data resets it)
+                assert await read_all(stream) == b""  # closed by the proxy
+        waiting_for = "domain 0 to serve 'late' (/local/domain/0/data/vchan/1/late)"
+        expected = gave_up("proxy: connection 1", "0.5", waiting_for)
+        assert expected in await read_until(proxy.stderr, expected)
+        async with vchan_service(sim, 1, "late"), await socket_connect(address) as stream:
+            await stream.send_all(b"now?\n")
+            assert await read_all(stream) == b"NOW?\n"
+        proxy.terminate()
+        assert await wait(proxy) == ExitStatus.TERMINATED
+
+
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        ("cat", ("1", "me")),
+        ("cat", ("-l", "1", "me")),
+        ("proxy", ("-l", "2,1", "me", "--unix", "/nonexistent/socket")),
+        ("proxy", ("1", "me", "--unix", "/nonexistent/socket")),
+    ],
+)
+async def test_own_domain_is_refused(
+    sim: SimulatedHost, command: str, args: tuple[str, ...]
+) -> None:
+    """As Qubes' libvchan: a vchan joins two domains. Refused at once (the timeout only
+    keeps a regression from hanging the test)."""
+    result = await run_cli(domain_environ(sim, 1), command, "--timeout", "5", *args)
+    assert result.returncode == ExitStatus.USAGE
+    message = (
+        f"trio-vchan {command}: domain 1 is this domain: a vchan connects two different domains\n"
+    )
+    assert result.stderr == message.encode()
+
+
+_REFUSING_LIBRARY = """\
+import sys
+from contextlib import asynccontextmanager
+
+import trio_vchan._api
+
+
+def refuse_now(*args, **kwargs):
+    raise ValueError("a bad argument that only the library noticed")
+
+
+@asynccontextmanager
+async def refuse(*args, **kwargs):
+    refuse_now()
+    yield
+
+
+trio_vchan._api.connect = trio_vchan._api.serve = refuse
+trio_vchan._api.VchanListener = refuse_now
+
+from trio_vchan._cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        ("cat", ("1", "foo")),
+        ("cat", ("-l", "1", "foo")),
+        ("proxy", ("-l", "1", "foo", "--unix", "/nonexistent/socket")),
+    ],
+)
+async def test_a_value_error_from_setup_is_one_line(
+    sim: SimulatedHost, command: str, args: tuple[str, ...]
+) -> None:
+    """The real command, with a library that refuses its arguments (as it refuses our own
+    domain, should the command line not have checked first)."""
+    with trio.fail_after(TIMEOUT):
+        result = await trio.run_process(
+            [sys.executable, *SAFE_PATH, "-c", _REFUSING_LIBRARY, command, *args],
+            env=domain_environ(sim, 2),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == ExitStatus.USAGE
+    message = f"trio-vchan {command}: a bad argument that only the library noticed\n"
+    assert result.stderr == message.encode()
+
+
+@asynccontextmanager
+async def stalled_client(
+    sim: SimulatedHost, domid: int, server: int, path: str
+) -> AsyncIterator[None]:
+    """A client in ``domid`` that takes the advertisement at ``path`` (binds its port, so no
+    other client can) and never completes the handshake, until the block ends."""
+    backend = sim.backend(domid)
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with XenStoreClient(await backend.connect_xenstore()) as xs:
+                await xs.watch(f"{path}/event-channel", "stall")
+                while True:
+                    try:
+                        port = int(await xs.read(f"{path}/event-channel"))
+                        break
+                    except OSError:  # not there, or not yet readable by us
+                        await xs.next_watch_event()
+        channel = backend.events.bind_interdomain(server, port)
+        try:
+            yield
+        finally:
+            channel.close()
+    finally:
+        backend.close()
+
+
+@asynccontextmanager
+async def stallable_server(
+    sim: SimulatedHost, command: str, tmp_path: Path, *options: str
+) -> AsyncIterator[tuple[trio.Process, str]]:
+    """A listening ``cat`` or ``proxy`` in domain 2 for domain 1, on port ``hs``; yields it and
+    its vchan's path. The proxy forwards to a service that answers in capitals."""
+    path = "/local/domain/2/data/vchan/1/hs"
+    environ = domain_environ(sim, 2)
+    if command == "cat":
+        async with cli(environ, "cat", "-l", *options, "1", "hs") as server:
+            yield server, path
+    else:
+        async with (
+            socket_service("unix", tmp_path, expected=1) as target,
+            cli(environ, "proxy", "-l", *options, "1", "hs", *target) as server,
+        ):
+            yield server, path
+
+
+@pytest.mark.parametrize("command", ["cat", "proxy"])
+async def test_handshake_timeout_drops_a_client_that_stalls(
+    sim: SimulatedHost, tmp_path: Path, command: str
+) -> None:
+    async with stallable_server(sim, command, tmp_path, "--handshake-timeout", "0.5") as (
+        server,
+        path,
+    ):
+        async with stalled_client(sim, 1, 2, path):
+            # only once the stalled client was dropped can this one have the vchan
+            keep_open = ("--keep-open",) if command == "proxy" else ()  # for the answer
+            args = ("cat", *keep_open, "2", "hs")
+            client = await run_cli(domain_environ(sim, 1), *args, stdin=b"through\n")
+        assert client.returncode == ExitStatus.OK, client.stderr
+        if command == "cat":
+            assert await read_all(server.stdout) == b"through\n"
+            assert await wait(server) == ExitStatus.OK
+        else:
+            assert client.stdout == b"THROUGH\n"
+            server.terminate()
+            assert await wait(server) == ExitStatus.TERMINATED
+        no_traceback(await read_all(server.stderr))
+
+
+@pytest.mark.parametrize("command", ["cat", "proxy"])
+async def test_handshake_timeout_is_the_one_given(
+    sim: SimulatedHost, tmp_path: Path, command: str
+) -> None:
+    """A --handshake-timeout longer than the library's default keeps the stalled client
+    longer: the other client gives up first. (Were the option not passed on, the default
+    would drop the stalled client after DEFAULT_HANDSHAKE_TIMEOUT and the other would
+    connect.)"""
+    patience = DEFAULT_HANDSHAKE_TIMEOUT + 3
+    async with stallable_server(sim, command, tmp_path, "--handshake-timeout", "600") as (
+        server,
+        path,
+    ):
+        async with stalled_client(sim, 1, 2, path):
+            args = ("cat", "--timeout", f"{patience:g}", "2", "hs")
+            client = await run_cli(domain_environ(sim, 1), *args, stdin=b"through\n")
+        assert client.returncode == ExitStatus.TIMED_OUT, client.stderr
+        server.terminate()
+        assert await wait(server) == ExitStatus.TERMINATED
+        no_traceback(await read_all(server.stderr))
 
 
 # -- the simulated host and the README's demo ---------------------------------------------------

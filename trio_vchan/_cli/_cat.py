@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from contextlib import AbstractAsyncContextManager
@@ -14,12 +15,21 @@ from .. import _api
 from .._backend import Backend
 from .._stream import VchanStream
 from ._bridge import Ending, Local, LocalError, Transfer, bridge
-from ._options import add_domain_options, add_output_options, domid, port, subcommand_parser
+from ._options import (
+    add_domain_options,
+    add_output_options,
+    add_wait_options,
+    domid,
+    handshake_timeout,
+    port,
+    subcommand_parser,
+)
 from ._platform import open_backend
 from ._progress import ProgressLine
 from ._signals import run_interruptible
 from ._status import CommandError, ExitStatus, describe
 from ._stdio import open_stdin, open_stdout, stderr_is_terminal, stdin_is_null
+from ._waiting import Wait, check_other_domain, waiting
 
 DESCRIPTION = """\
 Connect standard input and output to a vchan, as xencat does.
@@ -27,6 +37,8 @@ Connect standard input and output to a vchan, as xencat does.
 With -l, this domain is the vchan server: it waits for one connection from domain DOMID on
 PORT. Without -l it is the client: it connects to the server in domain DOMID (waiting until
 that server is there). Standard input goes to the vchan, the vchan to standard output.
+A wait longer than a second is mentioned once on stderr (unless --quiet); --timeout
+gives up.
 
 vchan has no half-close, so cat ends when either direction ends:
   - the peer closes the vchan: whatever it sent is written out, then cat exits (with
@@ -51,7 +63,8 @@ exit status:
   0    done: everything read was delivered
   1    the vchan, the peer or the platform failed, or the peer closed the vchan after
        standard input had supplied data and before it ended
-  2    bad command line
+  2    bad command line, or DOMID is this domain
+  124  --timeout ran out before the other domain was there
   130  interrupted (SIGINT, Ctrl-C); 143: SIGTERM. The vchan was closed cleanly.
   141  standard output was closed early (| head); nothing is printed
 """
@@ -83,6 +96,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="after standard input ends, keep receiving until the peer closes the vchan",
     )
+    add_wait_options(
+        parser,
+        timeout_help="give up (status 124) if the other domain is not there within SECONDS",
+    )
     add_domain_options(parser)
     add_output_options(
         parser,
@@ -95,6 +112,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 async def run(args: argparse.Namespace) -> int:
     """Run ``trio-vchan cat``; return the exit status."""
+    if args.handshake_timeout is not None and not args.listen:
+        raise CommandError(
+            "--handshake-timeout is for the server side: use it with -l", ExitStatus.USAGE
+        )
     return await run_interruptible(partial(_cat, args))
 
 
@@ -109,8 +130,21 @@ def _open_vchan(
 ) -> AbstractAsyncContextManager[VchanStream]:
     if args.listen:
         size: int = args.buffer_size
-        return _api.serve(args.peer, args.port, read_size=size, write_size=size, backend=backend)
+        return _api.serve(
+            args.peer,
+            args.port,
+            read_size=size,
+            write_size=size,
+            backend=backend,
+            handshake_timeout=handshake_timeout(args.handshake_timeout),
+        )
     return _api.connect(args.peer, args.port, backend=backend)
+
+
+def _say(message: str) -> None:
+    # As for progress: a message is not worth failing the transfer for.
+    with contextlib.suppress(BlockingIOError, BrokenPipeError):
+        print(f"trio-vchan cat: {message}", file=sys.stderr, flush=True)
 
 
 async def _cat(args: argparse.Namespace) -> int:
@@ -118,14 +152,19 @@ async def _cat(args: argparse.Namespace) -> int:
     transfer = Transfer(observer=progress)
     nothing_to_send = stdin_is_null()
     with open_backend(args.domid) as backend:
-        if progress is not None:
-            role = "to connect" if args.listen else "to serve it"
-            progress.note(f"waiting for domain {args.peer} {role} on port {args.port!r}")
+        check_other_domain(backend.domid, args.peer)
+        wait = Wait.between(backend.domid, args.peer, args.port, listening=args.listen)
+        notify = None if args.progress is False else _say
         try:
-            async with _open_vchan(args, backend) as vchan, open_stdout() as stdout:
-                if progress is not None:
-                    progress.start()
-                return await _copy(vchan, stdout, args, transfer, nothing_to_send)
+            async with (
+                waiting(wait, give_up_after=args.timeout, notify=notify) as connected,
+                _open_vchan(args, backend) as vchan,
+            ):
+                connected()
+                async with open_stdout() as stdout:
+                    if progress is not None:
+                        progress.start()
+                    return await _copy(vchan, stdout, args, transfer, nothing_to_send)
         finally:
             if progress is not None:
                 progress.finish(transfer)

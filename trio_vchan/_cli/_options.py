@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Final
 
 from .._backend import check_domid
-from .._handshake import vchan_path
+from .._handshake import DEFAULT_HANDSHAKE_TIMEOUT, vchan_path
 from .._layout import check_ring_size
 
 DEFAULT_BUFFER_SIZE: Final = 65536
@@ -67,6 +68,46 @@ def buffer_size(text: str) -> int:
         return check_ring_size(int(digits) * scale, "the buffer size")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def seconds(text: str) -> float:
+    """Parse a timeout for argparse: a positive, finite number of seconds.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"a timeout is a positive number of seconds, like 10 or 0.5, not {text!r}"
+        )
+    return value
+
+
+def add_wait_options(parser: argparse.ArgumentParser, *, timeout_help: str) -> None:
+    """``--timeout`` and ``--handshake-timeout`` (the latter for the server side, ``-l``)."""
+    parser.add_argument(
+        "--timeout", type=seconds, metavar="SECONDS", help=f"{timeout_help} (default: no limit)"
+    )
+    parser.add_argument(
+        "--handshake-timeout",
+        type=seconds,
+        metavar="SECONDS",
+        help=(
+            "with -l: drop a client that takes the advertisement but does not complete the"
+            " handshake within SECONDS, and advertise afresh"
+            f" (default {DEFAULT_HANDSHAKE_TIMEOUT:g})"
+        ),
+    )
+
+
+def handshake_timeout(given: float | None) -> float:
+    """The ``handshake_timeout=`` for ``serve()`` or ``VchanListener()``: ``given``, or the
+    library's default when ``--handshake-timeout`` was not given."""
+    return DEFAULT_HANDSHAKE_TIMEOUT if given is None else given
 
 
 def add_domain_options(parser: argparse.ArgumentParser) -> None:

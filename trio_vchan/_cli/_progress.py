@@ -62,10 +62,6 @@ class ProgressLine:
         self._started = clock()
         self._shown = self._started
 
-    def note(self, message: str) -> None:
-        """Show a status such as "waiting for domain 1" until the next rendering."""
-        self._write(f"\r{message}{_CLEAR_TO_END}")
-
     def start(self) -> None:
         """Start the clock: the rate counts from now (the connection, not the wait for it)."""
         self._started = self._shown = self._clock()

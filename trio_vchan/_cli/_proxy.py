@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Final, TextIO
+from typing import Final, TextIO, final
 
 import trio
 
@@ -19,12 +20,21 @@ from .._backend import Backend
 from .._errors import ProtocolError
 from .._stream import VchanStream
 from ._bridge import Ending, Local, LocalError, Transfer, bridge
-from ._options import add_domain_options, add_output_options, domids, port, subcommand_parser
+from ._options import (
+    add_domain_options,
+    add_output_options,
+    add_wait_options,
+    domids,
+    handshake_timeout,
+    port,
+    subcommand_parser,
+)
 from ._platform import open_backend
 from ._progress import summary
 from ._signals import run_interruptible
 from ._sockets import Address, describe_listeners, tcp_address, unix_address
 from ._status import CommandError, ExitStatus, describe
+from ._waiting import GaveUp, Wait, check_other_domain, waiting
 
 DESCRIPTION = """\
 Forward connections between vchans and a Unix or TCP socket, as Xen's vchan-socket-proxy.
@@ -36,7 +46,10 @@ accepted there is forwarded to a new vchan connection to the server in domain DO
 after another (others wait their turn).
 
 A connection ends when either side closes (vchan has no half-close); the proxy runs until
-interrupted. It prints a line for each connection on stderr, unless --quiet.
+interrupted. It prints a line for each connection on stderr, unless --quiet, and a line
+when a domain keeps it waiting for more than a second. --timeout gives up: with -l, the
+proxy exits if a domain listed has not connected once within SECONDS; without, a socket
+connection whose vchan server is not there within SECONDS is closed, and the proxy goes on.
 """
 
 EPILOG = """\
@@ -51,7 +64,8 @@ examples:
 
 exit status:
   1    the platform failed (a failed connection is only reported: the proxy goes on)
-  2    bad command line
+  2    bad command line, or a DOMID is this domain
+  124  with -l: --timeout ran out before a domain listed had connected
   130  stopped by SIGINT (Ctrl-C); 143: SIGTERM. Open connections were closed cleanly.
 """
 
@@ -98,6 +112,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             " interface): connect to it with -l, else listen on it (port 0: any free port)"
         ),
     )
+    add_wait_options(
+        parser,
+        timeout_help=(
+            "with -l, exit (status 124) if a domain listed has not connected once within"
+            " SECONDS; without, close a socket connection whose vchan server is not there"
+            " within SECONDS"
+        ),
+    )
     add_domain_options(parser)
     add_output_options(parser, progress_help="print a line for each connection (the default)")
 
@@ -108,6 +130,10 @@ async def run(args: argparse.Namespace) -> int:
         raise CommandError(
             "only a listening proxy (-l) serves several domains; connect to one server",
             ExitStatus.USAGE,
+        )
+    if args.handshake_timeout is not None and not args.listen:
+        raise CommandError(
+            "--handshake-timeout is for the vchan server side: use it with -l", ExitStatus.USAGE
         )
     return await run_interruptible(partial(_proxy, args))
 
@@ -142,6 +168,8 @@ class _Log:
 async def _proxy(args: argparse.Namespace) -> int:
     log = _Log(quiet=args.progress is False)
     with open_backend(args.domid) as backend:
+        for peer in args.peers:
+            check_other_domain(backend.domid, peer)
         if args.listen:
             await _serve_vchan(args, backend, log)
         else:
@@ -184,25 +212,85 @@ async def _serve_vchan(args: argparse.Namespace, backend: Backend, log: _Log) ->
             async with sock:
                 await _forward(number, vchan, sock, args, log)
 
+    size: int = args.buffer_size
+    listeners: list[trio.abc.Listener[VchanStream]] = []
+    for peer in args.peers:
+        try:
+            listener = _api.VchanListener(
+                peer,
+                args.port,
+                read_size=size,
+                write_size=size,
+                handshake_timeout=handshake_timeout(args.handshake_timeout),
+                backend=backend,
+            )
+        except ValueError as exc:  # a bad argument that the command line let through
+            raise CommandError(describe(exc), ExitStatus.USAGE) from None
+        wait = Wait.between(backend.domid, peer, args.port, listening=True)
+        listeners.append(_FirstWait(listener, wait, args.timeout, log.note))
     domains = ", ".join(map(str, args.peers))
     plural = "s" if len(args.peers) > 1 else ""
     log.note(f"serving port {args.port!r} to domain{plural} {domains}, forwarding to {target}")
-    size: int = args.buffer_size
-    await _api.serve_vchan(
-        handle, args.peers, args.port, read_size=size, write_size=size, backend=backend
-    )
+    await trio.serve_listeners(handle, listeners)
+
+
+@final
+class _FirstWait(trio.abc.Listener[VchanStream]):
+    """A listener whose first accept says what it waits for, and gives up after ``timeout``.
+
+    Later accepts wait for reconnections, which may come at any time: they are not timed.
+    """
+
+    def __init__(
+        self,
+        listener: trio.abc.Listener[VchanStream],
+        wait: Wait,
+        timeout: float | None,
+        notify: Callable[[str], None],
+    ) -> None:
+        self._listener = listener
+        self._wait = wait
+        self._timeout = timeout
+        self._notify = notify
+        self._first = True
+
+    async def accept(self) -> VchanStream:
+        """The next connection.
+
+        Raises:
+            GaveUp: the first connection did not come within ``timeout``.
+        """
+        if not self._first:
+            return await self._listener.accept()
+        async with waiting(
+            self._wait, give_up_after=self._timeout, notify=self._notify
+        ) as connected:
+            stream = await self._listener.accept()
+            connected()
+        self._first = False
+        return stream
+
+    async def aclose(self) -> None:
+        await self._listener.aclose()
 
 
 async def _serve_socket(args: argparse.Namespace, backend: Backend, log: _Log) -> None:
     target: Address = args.target
     (server,) = args.peers
+    wait = Wait.between(backend.domid, server, args.port, listening=False)
     turn = trio.Lock()  # one vchan connection at a time, as vchan-socket-proxy
 
     async def handle(sock: trio.SocketStream) -> None:
         async with sock, turn:
             number = log.next_number()
+            notify = partial(_numbered, log.note, number)
             try:
-                vchan = await _api.open_vchan_stream(server, args.port, backend=backend)
+                async with waiting(wait, give_up_after=args.timeout, notify=notify) as connected:
+                    vchan = await _api.open_vchan_stream(server, args.port, backend=backend)
+                    connected()
+            except GaveUp as exc:
+                log.failure(f"connection {number}: {exc}")
+                return
             except (OSError, ProtocolError) as exc:
                 log.failure(f"connection {number}: cannot connect to the vchan: {describe(exc)}")
                 return
@@ -213,3 +301,7 @@ async def _serve_socket(args: argparse.Namespace, backend: Backend, log: _Log) -
         where = describe_listeners(listeners)
         log.note(f"listening on {where}, forwarding to port {args.port!r} of domain {server}")
         await trio.serve_listeners(handle, listeners)
+
+
+def _numbered(note: Callable[[str], None], number: int, message: str) -> None:
+    note(f"connection {number}: {message}")

@@ -20,8 +20,10 @@ class ExitStatus(enum.IntEnum):
     OK = 0
     #: The vchan, the peer, the platform or a local file or socket failed.
     FAILURE = 1
-    #: A bad command line (argparse's own status).
+    #: A bad command line (argparse's own status), or a vchan to our own domain.
     USAGE = 2
+    #: ``--timeout`` ran out before the other domain was there (as ``timeout(1)``'s 124).
+    TIMED_OUT = 124
     #: Interrupted by SIGINT (Ctrl-C); the vchan was closed cleanly.
     INTERRUPTED = 128 + signal.SIGINT
     #: Standard output was closed early (``| head``), as a process killed by SIGPIPE.
