@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,32 @@ def one_way(results: dict[str, Any], write: int, ring: int) -> dict[str, Any]:
     return next(r for r in results["one_way"] if r["write"] == write and r["ring"] == ring)
 
 
-def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    """(target, measured, met) for the goals this library sets itself."""
+SETUP_KINDS = ("sequential", "concurrent")
+
+
+def setup_name(results: dict[str, Any], kind: str) -> str:
+    ports = results["setup"][kind]["ports"]
+    return "sequential setup" if kind == "sequential" else f"{ports} concurrent setups"
+
+
+def setup_targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """trio-vchan sets up connections at least as fast as C libxenvchan (None: not measured)."""
+    setup = results.get("setup")
+    if setup is None:
+        return []
+    rows: list[tuple[str, str, bool | None]] = []
+    for kind in SETUP_KINDS:
+        target = f"{setup_name(results, kind)}: trio-vchan >= 1.0x C libxenvchan"
+        ratio = setup[kind]["median_ratio"]
+        if ratio is None:
+            rows.append((target, f"C not measured: {setup['c_unavailable']}", None))
+        else:
+            rows.append((target, f"{ratio:.2f}x", ratio >= 1.0))
+    return rows
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for the goals this library sets itself (met None: not measured)."""
     rows = []
     big = one_way(results, 64 * KIB, MIB)
     ratio = big["vchan_MBps"] / big["socketpair_MBps"]
@@ -56,7 +81,99 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         rows.append(
             (f"{most} vchans keep >= 0.5x the throughput of one", f"{ratio:.2f}x", ratio >= 0.5)
         )
-    return rows
+    return [*rows, *setup_targets(results)]
+
+
+def met(ok: bool | None) -> str:
+    return "not measured" if ok is None else "yes" if ok else "**no**"
+
+
+def wrap(text: str, bullet: bool = False) -> list[str]:
+    """A Markdown paragraph (or list item) in lines of at most 95 characters."""
+    return textwrap.wrap(
+        text,
+        95,
+        initial_indent="- " if bullet else "",
+        subsequent_indent="  " if bullet else "",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def setup_section(results: dict[str, Any]) -> list[str]:
+    """The connection-setup tables: trio-vchan against C libxenvchan."""
+    setup = results["setup"]
+    sequential, concurrent = setup["sequential"], setup["concurrent"]
+    rounds, ports = concurrent["rounds"], concurrent["ports"]
+    lines = ["", "## Connection setup: trio-vchan against C libxenvchan", ""]
+    lines += wrap(
+        "Connect, send 1 byte, receive it back and close, between a server (domain 1) and a"
+        " client (domain 2) that are processes on the simulated host; rings of"
+        f" {size(setup['ring'])} each way. *Sequential*: one client connects again and again"
+        f" ({sequential['connections']} timed connections, after warm-up ones) to a server"
+        f" that keeps listening. *Concurrent*: {ports} clients at once, one on each of {ports}"
+        f" listening ports, in {rounds} timed round{'s' if rounds != 1 else ''} after an"
+        " untimed one; a round starts them all together and ends at the last close."
+    )
+    lines.append("")
+    lines += wrap(
+        "**trio-vchan** (`bench/workers.py`): a `VchanListener` per port accepting in a loop,"
+        " `trio_vchan.connect()` for each connection; concurrent ones are tasks of one process.",
+        bullet=True,
+    )
+    lines += wrap(
+        "**C libxenvchan** (`tests/interop/vchan_setup.c`): Xen's library (Debian's"
+        " `libxenmisc4.17`) through the shim of the [interop tests](interop.md); concurrent"
+        " ones are threads of one process. The server calls `libxenvchan_server_init()` per"
+        " connection, as `vchan-socket-proxy` does; the client connects as"
+        " `vchan-socket-proxy` does (watch the path, `libxenvchan_client_init()` each time it"
+        " fires). The server removes its advertisement once its client is in (what"
+        " `libxenvchan_close()` does last, done earlier, as trio-vchan does). Otherwise a"
+        " client can find the previous connection's advertisement and bind its port number,"
+        " by then another server's, and on the simulated host that port stays closed once the"
+        " client unbinds it, where Xen returns it to unbound.",
+        bullet=True,
+    )
+    lines.append("")
+    lines += wrap(
+        f"Each of {setup['repetitions']} repetitions runs trio-vchan, then C; the ratio is"
+        " taken per repetition (paired), and the table gives medians."
+        + (
+            " Measured in a later run (`--setup-only`) than the rest."
+            if setup.get("separate_run")
+            else ""
+        )
+    )
+    lines.append("")
+    if setup["c_unavailable"] is not None:
+        lines += wrap(f"C libxenvchan was not measured: {setup['c_unavailable']}.")
+        lines.append("")
+    lines += [
+        "| scenario | trio-vchan (connections/s) | C libxenvchan (connections/s)"
+        " | trio-vchan / C | per repetition |",
+        "|---|---|---|---|---|",
+    ]
+    for kind in SETUP_KINDS:
+        entry = setup[kind]
+        trio_cps = f"{entry['trio_vchan']['median_cps']:.0f}"
+        if entry["c"] is None:
+            c_cps = ratio = each = "not measured"
+        else:
+            c_cps = f"{entry['c']['median_cps']:.0f}"
+            ratio = f"{entry['median_ratio']:.2f}x"
+            each = ", ".join(f"{run['ratio']:.2f}" for run in entry["runs"])
+        lines.append(f"| {setup_name(results, kind)} | {trio_cps} | {c_cps} | {ratio} | {each} |")
+    lines += [
+        "",
+        "| sequential, per connection (ms) | median | p99 | min | max |",
+        "|---|---|---|---|---|",
+    ]
+    for name, label in (("trio_vchan", "trio-vchan"), ("c", "C libxenvchan")):
+        if sequential[name] is not None:
+            times = sequential[name]["latency"]
+            quantiles = ("median_ms", "p99_ms", "min_ms", "max_ms")
+            lines.append(f"| {label} | " + " | ".join(f"{times[q]:.2f}" for q in quantiles) + " |")
+    return lines
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -79,7 +196,7 @@ def markdown(results: dict[str, Any]) -> str:
         "| target | measured | met |",
         "|---|---|---|",
     ]
-    lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in targets(results)]
+    lines += [f"| {t} | {m} | {met(ok)} |" for t, m, ok in targets(results)]
     lines += [
         "",
         "## One-way throughput (MB/s)",
@@ -127,6 +244,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {row['connects_per_second']:.0f} | {row['closes_per_second']:.0f} "
             f"| {row['rss_per_connection'] / KIB:.0f} KiB | {row['fds_per_connection']:.1f} |"
         )
+    if "setup" in results:
+        lines += setup_section(results)
     return "\n".join(lines) + "\n"
 
 

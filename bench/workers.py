@@ -3,10 +3,14 @@
     python bench/workers.py vchan serve|connect PEER_DOMID PORT SCENARIO [key=value ...]
     python bench/workers.py socket FD SCENARIO [key=value ...]
     python bench/workers.py scale serve|connect PEER_DOMID SCENARIO count=N total=BYTES
+    python bench/workers.py setup serve PEER_DOMID PREFIX ports=N connections=N ring=BYTES
+    python bench/workers.py setup sequential PEER_DOMID PREFIX warmup=N count=N
+    python bench/workers.py setup concurrent PEER_DOMID PREFIX ports=N warmup=N rounds=N
 
 A vchan worker finds its simulated host in TRIO_VCHAN_SIM/TRIO_VCHAN_DOMID. Each scenario
 prints one JSON object on stdout. Timing starts at the first byte received (or sent), so
-process start-up and the handshake are not measured.
+process start-up and the handshake are not measured, except by the setup scenarios, which
+measure the handshake (after warm-up connections that absorb process start-up).
 """
 
 from __future__ import annotations
@@ -218,6 +222,72 @@ async def scale_connect(peer: int, count: int, total: int) -> Result:
     }
 
 
+# -- setup: connect, one byte each way, close ---------------------------------------------------
+#
+# The same scenarios as tests/interop/vchan_setup.c runs on C libxenvchan (bench/run.py pairs
+# them): a server that keeps listening, a client connecting again and again, and many of both.
+
+
+async def setup_serve(peer: int, prefix: str, ports: int, connections: int, ring: int) -> Result:
+    """Listen on ports ``prefix0 ..``; on each, serve ``connections`` one after the other.
+
+    Each connection: receive one byte, send it back, close.
+    """
+
+    async def listen(port: str) -> None:
+        async with trio_vchan.VchanListener(
+            peer, port, read_size=ring, write_size=ring
+        ) as listener:
+            for _ in range(connections):
+                async with await listener.accept() as stream:
+                    byte = await stream.receive_some(1)
+                    if not byte:
+                        raise EOFError("the client closed before sending its byte")
+                    await stream.send_all(byte)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(ports):
+            nursery.start_soon(listen, f"{prefix}{i}")
+    return {"served": ports * connections}
+
+
+async def one_setup(peer: int, port: str) -> None:
+    """Connect, send one byte, receive it back, close."""
+    async with trio_vchan.connect(peer, port) as stream:
+        await stream.send_all(b"x")
+        echo = await stream.receive_some(1)
+        if echo != b"x":
+            raise EOFError(f"the echo was {echo!r}, not b'x'")
+
+
+async def setup_sequential(peer: int, prefix: str, warmup: int, count: int) -> Result:
+    """``warmup`` untimed connections on port ``prefix0``, then ``count`` timed ones."""
+    port = f"{prefix}0"
+    for _ in range(warmup):
+        await one_setup(peer, port)
+    latencies = []
+    start = time.perf_counter()
+    for _ in range(count):
+        begin = time.perf_counter()
+        await one_setup(peer, port)
+        latencies.append(time.perf_counter() - begin)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "connections": count, "retries": 0, "latencies": latencies}
+
+
+async def setup_concurrent(peer: int, prefix: str, ports: int, warmup: int, rounds: int) -> Result:
+    """Rounds of one connection on each of ``ports`` ports at once; ``warmup`` untimed."""
+    seconds = 0.0
+    for round_number in range(warmup + rounds):
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(ports):
+                nursery.start_soon(one_setup, peer, f"{prefix}{i}")
+        if round_number >= warmup:
+            seconds += time.perf_counter() - start
+    return {"seconds": seconds, "connections": ports * rounds, "retries": 0}
+
+
 def parse(pairs: list[str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:
@@ -241,6 +311,14 @@ async def main(argv: list[str]) -> Result:
     if kind == "scale":
         role, peer, params = argv[1], int(argv[2]), parse(argv[4:])
         return await (scale_serve if role == "serve" else scale_connect)(peer, **params)
+    if kind == "setup":
+        role, peer, prefix, params = argv[1], int(argv[2]), argv[3], parse(argv[4:])
+        setups: dict[str, Callable[..., Awaitable[Result]]] = {
+            "serve": setup_serve,
+            "sequential": setup_sequential,
+            "concurrent": setup_concurrent,
+        }
+        return await setups[role](peer, prefix, **params)
     raise SystemExit(f"unknown worker kind {kind!r}")
 
 

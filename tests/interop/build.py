@@ -8,6 +8,8 @@
 - ``vchan-node`` (vchan_node.c): a libxenvchan peer, linked with Debian's libxenvchan and
   libxenstore (used unmodified: libxenstore speaks the real XenStore wire protocol to the
   simulated XenStore's socket, found through ``XENSTORED_PATH``).
+- ``vchan-setup`` (vchan_setup.c): libxenvchan servers and clients that connect, exchange one
+  byte and close, for the connection-setup benchmark (bench/run.py).
 
 Everything is compiled with ``-Wall -Wextra -Werror``. :func:`missing` says what is not
 installed, so that the tests skip with that reason; a failing compilation is an error.
@@ -47,6 +49,7 @@ class Tools:
     shim: Path
     xcstub: Path
     node: Path
+    setup: Path
 
     def environ(self, sim_environ: Mapping[str, str], *, xenctrl: bool = False) -> dict[str, str]:
         """The environment of a C program joining the simulated host.
@@ -108,7 +111,7 @@ def _gcc(*args: str | os.PathLike[str]) -> None:
 
 
 def build(destination: Path) -> Tools:
-    """Compile the shim, the libxenctrl stub and the C peer into ``destination``.
+    """Compile the shim, the libxenctrl stub and the C programs into ``destination``.
 
     Raises:
         BuildError: gcc failed (with its output).
@@ -118,11 +121,13 @@ def build(destination: Path) -> Tools:
         shim=destination / "libtrio-vchan-xenshim.so",
         xcstub=destination / "libtrio-vchan-xcstub.so",
         node=destination / "vchan-node",
+        setup=destination / "vchan-setup",
     )
     library = ("-fPIC", "-shared", "-fvisibility=hidden")
     _gcc(*library, "-o", tools.shim, HERE / "xenshim.c")
     _gcc(*library, "-o", tools.xcstub, HERE / "xcstub.c")
     _gcc("-o", tools.node, HERE / "vchan_node.c", "-lxenvchan", "-lxenstore")
+    _gcc("-pthread", "-o", tools.setup, HERE / "vchan_setup.c", "-lxenvchan", "-lxenstore")
     return tools
 
 

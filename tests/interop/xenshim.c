@@ -182,13 +182,15 @@ static int transact(int fd, const char *what, struct call *c)
         errno = EPIPE;
         return -1;
     }
-    if (n < (ssize_t)(4 * HEADER_WORDS) || n % 4 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+    /* An error reply's message is text of any length; only a success is whole words. */
+    status = n >= (ssize_t)(4 * HEADER_WORDS) ? le32toh(buf[0]) : 0;
+    if (n < (ssize_t)(4 * HEADER_WORDS) || (!status && n % 4) ||
+        (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
         close_fds(c->fds, 2);
         complain("%s: the simulated host sent a malformed reply", what);
         errno = EPROTO;
         return -1;
     }
-    status = le32toh(buf[0]);
     if (status) {
         close_fds(c->fds, 2);
         complain("%s: %.*s", what, (int)(n - 4 * HEADER_WORDS), (char *)&buf[HEADER_WORDS]);
