@@ -15,7 +15,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -276,12 +276,33 @@ async def test_nodes_the_client_may_not_read_are_waited_for_until_they_become_re
             await check_connected(stream, attempt)
 
 
+def reading_one_by_one(
+    monkeypatch: pytest.MonkeyPatch, after_each: Callable[[str], Awaitable[None]]
+) -> None:
+    """Make the client's batched reads one request at a time, calling ``after_each(path)``
+    after each: what another connection may do between two requests of a batch."""
+    original_read = XenStoreClient.read
+
+    async def read_many(
+        self: XenStoreClient, paths: Sequence[str], *, tx: int = 0
+    ) -> list[bytes | XenStoreError]:
+        values: list[bytes | XenStoreError] = []
+        for path in paths:
+            try:
+                values.append(await original_read(self, path, tx=tx))
+            except XenStoreError as exc:
+                values.append(exc)
+            await after_each(path)
+        return values
+
+    monkeypatch.setattr(XenStoreClient, "read_many", read_many)
+
+
 @pytest.mark.parametrize("vanishing", ["event-channel", "the directory"])
 async def test_a_node_that_vanishes_mid_handshake_is_waited_for(
     sim: SimulatedHost, monkeypatch: pytest.MonkeyPatch, vanishing: str
 ) -> None:
     """The client has read ``ring-ref``; before it reads ``event-channel``, nodes go."""
-    original_read = XenStoreClient.read
     removed = trio.Event()
     async with (
         domains(sim) as (server, client),
@@ -290,14 +311,12 @@ async def test_a_node_that_vanishes_mid_handshake_is_waited_for(
     ):
         saved = {key: await xs.read(f"{PATH}/{key}") for key in ("ring-ref", "event-channel")}
 
-        async def read(self: XenStoreClient, path: str, *, tx: int = 0) -> bytes:
-            value = await original_read(self, path, tx=tx)
+        async def between_reads(path: str) -> None:
             if path.endswith("/ring-ref") and not removed.is_set():
                 await xs.rm(f"{PATH}/event-channel" if vanishing == "event-channel" else PATH)
                 removed.set()
-            return value
 
-        monkeypatch.setattr(XenStoreClient, "read", read)
+        reading_one_by_one(monkeypatch, between_reads)
         async with connecting(client) as attempt:
             assert removed.is_set()
             assert not attempt.done  # ENOENT: no advertisement (yet); it waits
@@ -311,17 +330,14 @@ async def test_a_server_that_dies_after_the_client_read_the_advertisement(
     sim: SimulatedHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its port is gone before the client binds: as a stale advertisement, a cancellable wait."""
-    original_read = XenStoreClient.read
     server, client = sim.backend(SERVER), sim.backend(CLIENT)
     endpoint = await advertise(server)
 
-    async def read(self: XenStoreClient, path: str, *, tx: int = 0) -> bytes:
-        value = await original_read(self, path, tx=tx)
+    async def after_read(path: str) -> None:
         if path.endswith("/event-channel"):
             server.close()  # the server's process dies: the host releases its pages and port
-        return value
 
-    monkeypatch.setattr(XenStoreClient, "read", read)
+    reading_one_by_one(monkeypatch, after_read)
     try:
         async with connecting(client) as attempt:
             assert not attempt.done

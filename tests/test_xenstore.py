@@ -860,3 +860,20 @@ async def test_unclaimed_watch_events_are_bounded(connect: Connect) -> None:
     with trio.move_on_after(0.2):
         await watcher.next_watch_event()
         pytest.fail("more events than the bound were kept")
+
+
+async def test_batches_keep_their_order_and_report_each_error(
+    connect: Connect, server: XenStoreServer
+) -> None:
+    client, other = await connect(1), await connect(2)
+    perms = [Permission(Access.NONE, 1), Permission(Access.READ, 2)]
+    home = "/local/domain/1/data"
+    await client.write_many([(f"{home}/a", b"1", perms), (f"{home}/b", b"2", perms)])
+    assert await other.read_many([f"{home}/a", f"{home}/b"]) == [b"1", b"2"]
+    missing, present = await client.read_many([f"{home}/none", f"{home}/a"])
+    assert isinstance(missing, XenStoreError)
+    assert missing.errno == errno.ENOENT
+    assert present == b"1"
+    with raises_errno(errno.EACCES):  # the first error, after every reply arrived
+        await other.write_many([(f"{home}/c", b"3", perms)])
+    assert await client.read(f"{home}/b") == b"2"  # still in step

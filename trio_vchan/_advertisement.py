@@ -8,9 +8,10 @@ speaks XenStore, laid out as libxenvchan does: ``<path>/ring-ref`` and
 
 Requests per connection, counted by ``tests/test_handshake.py``: the server publishes with 4
 (each key written, then made readable by the client: the client sees ``event-channel`` only
-once ``ring-ref`` is complete, so no transaction is needed) and withdraws with 1; a client
-that finds the advertisement there reads both keys (2), one that must wait also watches the
-path and ``@releaseDomain`` and unwatches them after. A listener clears a stale advertisement
+once ``ring-ref`` is complete, so no transaction is needed), sent together in one round trip
+(the store carries out a connection's requests in order), and withdraws with 1; a client that
+finds the advertisement there reads both keys (2, one round trip), one that must wait also
+watches the path (in dom0 also ``@releaseDomain``) and unwatches after. A listener clears a stale advertisement
 once, before its first, and removes the empty parent directories in one transaction when it
 closes.
 """
@@ -130,10 +131,15 @@ class XenStoreAdvertisements(Advertisements):
     async def publish(self, path: str, client_domid: int, advertised: Advertised) -> None:
         xs = await self._xenstore()
         perms = [Permission(Access.NONE, self._domid), Permission(Access.READ, client_domid)]
-        # ring-ref complete before event-channel exists: what a client watches is whole.
-        for key, value in zip(_KEYS, (advertised.ring_ref, advertised.port), strict=True):
-            await xs.write(f"{path}/{key}", str(value).encode())
-            await xs.set_perms(f"{path}/{key}", perms)
+        # ring-ref complete before event-channel exists: what a client watches is whole. (One
+        # round trip: the store carries out a connection's requests in order.)
+        values = (advertised.ring_ref, advertised.port)
+        await xs.write_many(
+            [
+                (f"{path}/{key}", str(v).encode(), perms)
+                for key, v in zip(_KEYS, values, strict=True)
+            ]
+        )
 
     async def withdraw(self, path: str) -> None:
         xs = await self._xenstore()
@@ -240,13 +246,14 @@ class _XenStoreLookup(Lookup):
             self._polling = True
 
     async def _read(self) -> Advertised | None:
-        try:
-            ring_ref = await self._xs.read(f"{self._path}/ring-ref")
-            port = await self._xs.read(f"{self._path}/event-channel")
-        except XenStoreError as exc:
-            if exc.errno not in (errno.ENOENT, errno.EACCES):  # not there, or not yet ours
-                raise
-            return None
+        ring_ref, port = await self._xs.read_many([f"{self._path}/{key}" for key in _KEYS])
+        for value in (ring_ref, port):
+            if isinstance(value, XenStoreError):
+                if value.errno not in (errno.ENOENT, errno.EACCES):  # not there, or not ours
+                    raise value
+                return None
+        assert isinstance(ring_ref, bytes)
+        assert isinstance(port, bytes)
         return Advertised(
             parse_advertised(ring_ref, "ring-ref", 0xFFFF_FFFF),
             parse_advertised(port, "event-channel", 0x7FFF_FFFF),

@@ -135,7 +135,9 @@ class VchanListener(trio.abc.Listener[VchanStream]):
     so ``trio.serve_listeners(handler, [VchanListener(d, port) for d in domids])`` serves many
     domains and clients that reconnect. A client that breaks the handshake, or takes the
     advertisement and does not complete within ``handshake_timeout`` seconds of binding its
-    port (None: no limit), is dropped and the listener advertises afresh.
+    port (None: no limit), is dropped and the listener advertises afresh. The listener sees a
+    bound port only when it looks (every half timeout, at most every 2.5 s), and only where
+    the backend can tell (the simulated host; not Linux's ``/dev/xen/evtchn``).
 
     The constructor checks the arguments and claims the port (see :doc:`design`).
 

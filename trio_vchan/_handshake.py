@@ -396,8 +396,9 @@ class ServerPort:
                 ``handshake_timeout`` seconds after binding the port.
         """
         timeout = self._handshake_timeout
-        # Where the backend can tell a bound port, look again this often to start the clock.
-        look = math.inf if timeout is None else max(0.01, min(timeout / 4, 1.0))
+        # Where the backend can tell a bound port (one platform request), look again this
+        # often to start the clock: a stalled client is dropped within 1.5 timeouts.
+        look = math.inf if timeout is None else max(0.01, min(timeout / 2, 2.5))
         bound_at: float | None = None
         while True:
             channel.consume()  # before looking: an event after the look wakes the wait

@@ -130,10 +130,15 @@ class Session:
         logged as "could not <what>". The session stays open until the chores are done (and
         a run that ends waits for them). Returns an event set once ``action`` has run."""
         done = trio.Event()
-        self._chores.append((what, action, done))
-        if len(self._chores) == 1:
+        if not self._chores:
+            try:
+                trio.lowlevel.spawn_system_task(self._do_chores, name="trio_vchan: cleanup")
+            except RuntimeError as exc:  # the run is ending: nobody is left to do it
+                _log.warning("could not %s: %s", what, exc)
+                done.set()
+                return done
             self.add_user()  # held by the chores until they are done
-            trio.lowlevel.spawn_system_task(self._do_chores, name="trio_vchan: cleanup")
+        self._chores.append((what, action, done))
         return done
 
     async def _do_chores(self) -> None:

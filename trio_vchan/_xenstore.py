@@ -160,6 +160,30 @@ class XenStoreClient:
         payload = path.encode() + b"\0" + bytes(value)
         await self._request(MessageType.WRITE, payload, tx, path)
 
+    async def read_many(self, paths: Sequence[str], *, tx: int = 0) -> list[bytes | XenStoreError]:
+        """Read every path in one round trip; each value, or the error reading it gave."""
+        for path in paths:
+            validate_path(path)
+        replies = await self._requests(
+            [(MessageType.READ, join_strings([path]), tx, path) for path in paths]
+        )
+        return [r if isinstance(r, XenStoreError) else r.payload for r in replies]
+
+    async def write_many(
+        self, entries: Sequence[tuple[str, bytes, Sequence[Permission]]], *, tx: int = 0
+    ) -> None:
+        """Write each ``(path, value, perms)`` then set its permissions, in this order, in one
+        round trip (the store carries them out in order). Raises the first error."""
+        requests = []
+        for path, value, perms in entries:
+            validate_path(path)
+            if not perms:
+                raise ValueError("perms must name at least the owner")
+            requests.append((MessageType.WRITE, path.encode() + b"\0" + bytes(value), tx, path))
+            payload = join_strings([path, *(p.format() for p in perms)])
+            requests.append((MessageType.SET_PERMS, payload, tx, path))
+        await self._batch(requests)
+
     async def mkdir(self, path: str, *, tx: int = 0) -> None:
         """Create ``path`` with an empty value, unless it exists."""
         await self._path_request(MessageType.MKDIR, path, tx)
@@ -348,27 +372,43 @@ class XenStoreClient:
         return await self._request(type, join_strings([path]), tx, path)
 
     async def _request(self, type: MessageType, payload: bytes, tx: int, what: str) -> Message:
-        op = type.name
-        if len(payload) > PAYLOAD_MAX:
-            # As libxenstore: the store would drop a connection that sent this.
-            raise XenStoreError(errno.E2BIG, f"{op} {what}")
-        if not 0 <= tx < 2**32:
-            raise ValueError(f"tx must be a transaction id or 0, not {tx!r}")
-        # Only the send is exclusive: the store answers one connection's requests in order,
-        # so tasks sharing the client each wait for their own reply (pipelined).
-        async with self._request_lock:
+        (reply,) = await self._requests([(type, payload, tx, what)])
+        if isinstance(reply, XenStoreError):
+            raise reply
+        return reply
+
+    async def _requests(
+        self, requests: Sequence[tuple[MessageType, bytes, int, str]]
+    ) -> list[Message | XenStoreError]:
+        """Send ``requests`` at once, then collect their replies in order.
+
+        The store answers a connection's requests in order, so a batch takes one round trip
+        and keeps its order; tasks sharing the client each wait only for their own replies.
+        Returns each reply, or the XenStoreError it was.
+        """
+        for type, payload, tx, what in requests:
+            if len(payload) > PAYLOAD_MAX:
+                # As libxenstore: the store would drop a connection that sent this.
+                raise XenStoreError(errno.E2BIG, f"{type.name} {what}")
+            if not 0 <= tx < 2**32:
+                raise ValueError(f"tx must be a transaction id or 0, not {tx!r}")
+        async with self._request_lock:  # only the send is exclusive
             self._check_usable()
-            req_id = self._next_req_id
-            self._next_req_id = req_id % 0xFFFFFFFF + 1
-            data = Message(type, req_id, tx, payload).encode()
+            req_ids = []
+            messages = []
+            for type, payload, tx, _ in requests:
+                req_ids.append(self._next_req_id)
+                self._next_req_id = self._next_req_id % 0xFFFFFFFF + 1
+                messages.append(Message(type, req_ids[-1], tx, payload).encode())
             await trio.lowlevel.checkpoint_if_cancelled()  # a cancel before sending is clean
-            self._outstanding.add(req_id)  # before sending: the reply may be read at once
+            self._outstanding.update(req_ids)  # before sending: a reply may be read at once
             # Half a message would leave the stream out of step: the send is shielded, for as
             # long as a store that reads its socket needs to take a message.
             with trio.CancelScope(shield=True) as sending:
                 sending.deadline = trio.current_time() + SEND_TIMEOUT
                 try:
-                    await self._stream.send_all(data)
+                    for message in messages:  # one per write: /dev/xen/xenbus drops the rest
+                        await self._stream.send_all(message)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     raise self._stream_failed(exc) from exc
             if sending.cancelled_caught:
@@ -376,20 +416,35 @@ class XenStoreClient:
                     f"XenStore took no request for {SEND_TIMEOUT} s"
                 )
                 raise self._broken
+        replies: list[Message | XenStoreError] = []
         try:
-            reply = await self._receive_until(lambda: self._replies.pop(req_id, None))
+            for req_id, (type, _, _, what) in zip(req_ids, requests, strict=True):
+                replies.append(self._checked(type, what, await self._reply_to(req_id)))
         except BaseException:
-            if req_id in self._outstanding and self._broken is None:
-                self._abandoned.add(req_id)  # its reply is still to come: drop it then
-            self._replies.pop(req_id, None)
+            for req_id in req_ids[len(replies) :]:
+                if req_id in self._outstanding and self._broken is None:
+                    self._abandoned.add(req_id)  # its reply is still to come: drop it then
+                self._outstanding.discard(req_id)
+                self._replies.pop(req_id, None)
             raise
-        finally:
-            self._outstanding.discard(req_id)
-        if reply.type == MessageType.ERROR:
-            raise XenStoreError(decode_error(reply.payload), f"{op} {what}")
-        if reply.type != type:
-            raise self._break(ProtocolError(f"{op} got a reply of type {reply.type}"))
+        return replies
+
+    async def _reply_to(self, req_id: int) -> Message:
+        reply = await self._receive_until(lambda: self._replies.pop(req_id, None))
+        self._outstanding.discard(req_id)
         return reply
+
+    def _checked(self, type: MessageType, what: str, reply: Message) -> Message | XenStoreError:
+        if reply.type == MessageType.ERROR:
+            return XenStoreError(decode_error(reply.payload), f"{type.name} {what}")
+        if reply.type != type:
+            raise self._break(ProtocolError(f"{type.name} got a reply of type {reply.type}"))
+        return reply
+
+    async def _batch(self, requests: Sequence[tuple[MessageType, bytes, int, str]]) -> None:
+        for reply in await self._requests(requests):
+            if isinstance(reply, XenStoreError):
+                raise reply
 
     async def _receive_until(self, take: Callable[[], _T | None]) -> _T:
         # Trio's rule: every call that returns has passed a checkpoint.
