@@ -877,3 +877,32 @@ async def test_batches_keep_their_order_and_report_each_error(
     with raises_errno(errno.EACCES):  # the first error, after every reply arrived
         await other.write_many([(f"{home}/c", b"3", perms)])
     assert await client.read(f"{home}/b") == b"2"  # still in step
+
+
+async def test_watch_waits_until_no_reply_is_outstanding() -> None:
+    """Linux's xenbus device hangs on a WATCH sent while a reply is outstanding: the client
+    sends WATCH (and UNWATCH) only once every earlier request has its reply."""
+    client_stream, store = trio.testing.memory_stream_pair()
+    client = XenStoreClient(client_stream)
+    decoder = MessageDecoder()
+
+    async def next_request() -> Message:
+        while (message := decoder.next_message()) is None:
+            decoder.feed(await store.receive_some())
+        return message
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.read, "/slow")
+        read = await next_request()
+        assert read.type == MessageType.READ
+        nursery.start_soon(client.watch, "/w", "tok")
+        await trio.testing.wait_all_tasks_blocked()
+        assert decoder.next_message() is None
+        with trio.move_on_after(0.1):
+            decoder.feed(await store.receive_some())
+        assert decoder.next_message() is None, "WATCH went out before the READ's reply"
+        await store.send_all(Message(MessageType.READ, read.req_id, 0, b"v").encode())
+        watch = await next_request()
+        assert watch.type == MessageType.WATCH
+        await store.send_all(Message(MessageType.WATCH, watch.req_id, 0, b"OK\0").encode())
+    await client.aclose()

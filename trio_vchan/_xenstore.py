@@ -57,6 +57,7 @@ UNWATCH_TIMEOUT: Final = 0.05
 #: Unclaimed watch events kept for :meth:`XenStoreClient.next_watch_event`; older ones drop.
 EVENT_QUEUE_MAX: Final = 1024
 _CHANGES_TOKEN_PREFIX: Final = "trio-vchan/"
+_ALONE: Final = frozenset({MessageType.WATCH, MessageType.UNWATCH})  # see _drain
 
 
 @final
@@ -125,6 +126,7 @@ class XenStoreClient:
         self._events: deque[WatchEvent] = deque(maxlen=EVENT_QUEUE_MAX)
         self._changes: dict[str, _Watch] = {}  # by token
         self._watches: dict[str, _Watch] = {}  # by path
+        self._leftover_watches: list[tuple[str, str]] = []  # UNWATCH not known to be sent
         self._next_token = 1
         self._reading = False
         self._lot = trio.lowlevel.ParkingLot()
@@ -281,6 +283,7 @@ class XenStoreClient:
             await self._leave_watch(path, shared, changes)
 
     async def _subscribe(self, path: str, changes: Changes) -> _Watch:
+        await self._unwatch_leftovers()  # a store's watch quota is small (C: 128 a domain)
         while True:
             shared = self._watches.get(path)
             if shared is None:
@@ -322,6 +325,14 @@ class XenStoreClient:
                 scope.deadline = trio.current_time() + UNWATCH_TIMEOUT
                 with contextlib.suppress(XenStoreError, trio.BrokenResourceError):
                     await self.unwatch(path, shared.token)
+            if scope.cancelled_caught:  # perhaps never sent: the next watch tries again
+                self._leftover_watches.append((path, shared.token))
+
+    async def _unwatch_leftovers(self) -> None:
+        while self._leftover_watches:
+            path, token = self._leftover_watches.pop()
+            with contextlib.suppress(XenStoreError):  # ENOENT: it went after all
+                await self.unwatch(path, token)
 
     async def wait_for_changes(self, *changes: Changes) -> None:
         """Wait until one of ``changes`` has an event; take the events of all of them."""
@@ -392,8 +403,10 @@ class XenStoreClient:
                 raise XenStoreError(errno.E2BIG, f"{type.name} {what}")
             if not 0 <= tx < 2**32:
                 raise ValueError(f"tx must be a transaction id or 0, not {tx!r}")
-        async with self._request_lock:  # only the send is exclusive
+        async with self._request_lock:  # only the send is exclusive...
             self._check_usable()
+            if any(type in _ALONE for type, _, _, _ in requests):
+                await self._drain()
             req_ids = []
             messages = []
             for type, payload, tx, _ in requests:
@@ -428,6 +441,16 @@ class XenStoreClient:
                 self._replies.pop(req_id, None)
             raise
         return replies
+
+    async def _drain(self) -> None:
+        """Wait until no reply is outstanding (abandoned ones included).
+
+        ...but Linux's xenbus device handles WATCH and UNWATCH synchronously, inside a lock
+        that its delivery of replies to earlier requests also takes: one sent while a reply
+        is outstanding hangs the device (and the domain's XenStore with it). libxenstore
+        never has two requests out; we send those two only when nothing else is.
+        """
+        await self._receive_until(lambda: None if self._outstanding or self._abandoned else True)
 
     async def _reply_to(self, req_id: int) -> Message:
         reply = await self._receive_until(lambda: self._replies.pop(req_id, None))
