@@ -19,6 +19,7 @@ import collections
 import errno
 import itertools
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable
 from typing import Final, final
@@ -34,6 +35,7 @@ _log = logging.getLogger("trio_vchan")
 
 XEN_EVTCHN_DEVICE: Final = "/dev/xen/evtchn"
 _SIM_ENV: Final = "TRIO_VCHAN_SIM"
+_LOOK_AGAIN: Final = (0.25, 0.5, 1.0, 2.0)  # seconds, after a @releaseDomain event
 #: How long each deferred cleanup may take (see :meth:`Session.defer`).
 CHORE_TIME: Final = 2.0
 
@@ -180,8 +182,16 @@ class Session:
             try:
                 xs = await self.xenstore()
                 async with xs.watching("@releaseDomain") as released:
+                    again: list[float] = []  # looks still to take after an event
+                    registered = False
                     while True:
-                        await released.wait()
+                        with trio.move_on_after(again.pop(0) if again else math.inf) as timer:
+                            await released.wait()
+                        if not timer.cancelled_caught and registered:
+                            # A dying domain's home may outlive the event a little (the
+                            # toolstack removes it): look again a few times.
+                            again = list(_LOOK_AGAIN)
+                        registered = True  # the first event was the watch's own
                         for domid in {domid for domid, _ in self._peers.values()}:
                             if not await _domain_exists(xs, domid):
                                 self._domain_gone(domid)

@@ -441,3 +441,23 @@ async def test_vchan_socket_proxy_client_in_domu(agent: Agent) -> None:
     with trio.fail_after(STEP):
         report = await agent.report(job)
     assert report == {"received": nbytes, "sha": digest(pattern(nbytes, 13)), "proxy_rc": 0}
+
+
+# -- last, since nothing can follow it: the domU destroyed under an open stream -------------------
+
+
+async def test_destroying_the_domu_breaks_the_stream_in_dom0(agent: Agent) -> None:
+    """``xl destroy``: a dead domain runs no unmap-notify and its port closes without an
+    event, so only XenStore tells: dom0 hears @releaseDomain, finds the domU's home gone, and
+    its stream's calls raise BrokenResourceError caused by PeerGoneError."""
+    port = fresh_port()
+    await agent.start(peer("connect", 0, port, "hold"))
+    with trio.fail_after(STEP):
+        async with trio_vchan.serve(DOMU, port) as stream:
+            assert await receive_until(stream, 6) == b"ready\n"
+            await trio.run_process(["xl", "destroy", "trio-vchan-domu"])
+            with pytest.raises(trio.BrokenResourceError) as info:
+                await stream.receive_some()
+            assert isinstance(info.value.__cause__, trio_vchan.PeerGoneError), info.value
+            with pytest.raises(trio.BrokenResourceError):
+                await stream.send_all(b"anyone?")
