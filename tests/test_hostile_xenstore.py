@@ -279,23 +279,24 @@ async def test_nodes_the_client_may_not_read_are_waited_for_until_they_become_re
 def reading_one_by_one(
     monkeypatch: pytest.MonkeyPatch, after_each: Callable[[str], Awaitable[None]]
 ) -> None:
-    """Make the client's batched reads one request at a time, calling ``after_each(path)``
-    after each: what another connection may do between two requests of a batch."""
+    """Make the client's reads of an advertisement one request at a time, calling
+    ``after_each(path)`` after each: what a store may show a client whose reads are not in a
+    transaction (C xenstored lets other connections in between)."""
     original_read = XenStoreClient.read
 
-    async def read_many(
-        self: XenStoreClient, paths: Sequence[str], *, tx: int = 0
+    async def read_together(
+        self: XenStoreClient, paths: Sequence[str]
     ) -> list[bytes | XenStoreError]:
         values: list[bytes | XenStoreError] = []
         for path in paths:
             try:
-                values.append(await original_read(self, path, tx=tx))
+                values.append(await original_read(self, path))
             except XenStoreError as exc:
                 values.append(exc)
             await after_each(path)
         return values
 
-    monkeypatch.setattr(XenStoreClient, "read_many", read_many)
+    monkeypatch.setattr(XenStoreClient, "read_together", read_together)
 
 
 @pytest.mark.parametrize("vanishing", ["event-channel", "the directory"])

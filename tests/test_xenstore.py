@@ -906,3 +906,48 @@ async def test_watch_waits_until_no_reply_is_outstanding() -> None:
         assert watch.type == MessageType.WATCH
         await store.send_all(Message(MessageType.WATCH, watch.req_id, 0, b"OK\0").encode())
     await client.aclose()
+
+
+async def test_read_together_reads_again_when_the_commit_conflicts() -> None:
+    """The store refuses the commit of a transaction whose reads changed meanwhile (a pair
+    of one advertisement's ring-ref and the next one's port): the client reads again."""
+    client_stream, store = trio.testing.memory_stream_pair()
+    client = XenStoreClient(client_stream)
+    decoder = MessageDecoder()
+
+    async def next_request() -> Message:
+        while (message := decoder.next_message()) is None:
+            decoder.feed(await store.receive_some())
+        return message
+
+    async def reply(to: Message, type: MessageType, payload: bytes) -> None:
+        await store.send_all(Message(type, to.req_id, to.tx_id, payload).encode())
+
+    results: list[list[bytes | XenStoreError]] = []
+    async with trio.open_nursery() as nursery:
+
+        async def read() -> None:
+            results.append(await client.read_together(["/p/a", "/p/b"]))
+
+        nursery.start_soon(read)
+        for attempt, (a, b) in enumerate([(b"old", b"new"), (b"new", b"new")]):
+            start = await next_request()
+            assert start.type == MessageType.TRANSACTION_START
+            await reply(start, MessageType.TRANSACTION_START, b"%d\0" % (attempt + 5))
+            reads = [await next_request(), await next_request()]
+            assert [r.type for r in reads] == [MessageType.READ] * 2
+            assert {r.tx_id for r in reads} == {attempt + 5}
+            end = await next_request()
+            assert (end.type, end.tx_id, end.payload) == (
+                MessageType.TRANSACTION_END,
+                attempt + 5,
+                b"T\0",
+            )
+            await reply(reads[0], MessageType.READ, a)
+            await reply(reads[1], MessageType.READ, b)
+            if attempt == 0:
+                await reply(end, MessageType.ERROR, b"EAGAIN\0")
+            else:
+                await reply(end, MessageType.TRANSACTION_END, b"OK\0")
+    assert results == [[b"new", b"new"]]
+    await client.aclose()

@@ -10,10 +10,11 @@ Requests per connection, counted by ``tests/test_handshake.py``: the server publ
 (each key written, then made readable by the client: the client sees ``event-channel`` only
 once ``ring-ref`` is complete, so no transaction is needed), sent together in one round trip
 (the store carries out a connection's requests in order), and withdraws with 1; a client that
-finds the advertisement there reads both keys (2, one round trip), one that must wait also
-watches the path (in dom0 also ``@releaseDomain``) and unwatches after. A listener clears a stale advertisement
-once, before its first, and removes the empty parent directories in one transaction when it
-closes.
+finds the advertisement there reads both keys in a transaction (4: start, two reads and the
+commit, in two round trips; see ``_XenStoreLookup._read`` for why), one that must wait also
+watches the path (in dom0 also ``@releaseDomain``) and unwatches after. A listener clears a
+stale advertisement once, before its first, and removes the empty parent directories in one
+transaction when it closes.
 """
 
 from __future__ import annotations
@@ -187,7 +188,9 @@ class XenStoreAdvertisements(Advertisements):
     async def lookup(self, server_domid: int, path: str) -> AsyncIterator[Lookup]:
         xs = await self._xenstore()
         async with contextlib.AsyncExitStack() as stack:
-            yield _XenStoreLookup(xs, stack, server_domid, path, privileged=self._domid == 0)
+            yield _XenStoreLookup(
+                xs, stack, server_domid, path, self._transactions, privileged=self._domid == 0
+            )
 
 
 @final
@@ -203,10 +206,12 @@ class _XenStoreLookup(Lookup):
         stack: contextlib.AsyncExitStack,
         server_domid: int,
         path: str,
+        transactions: trio.Semaphore,
         *,
         privileged: bool,
     ) -> None:
         self._xs = xs
+        self._transactions = transactions
         self._stack = stack
         # Only dom0 hears @releaseDomain and may read other domains' homes (C xenstored's
         # defaults): for others the watch would cost quota and tell nothing.
@@ -246,7 +251,11 @@ class _XenStoreLookup(Lookup):
             self._polling = True
 
     async def _read(self) -> Advertised | None:
-        ring_ref, port = await self._xs.read_many([f"{self._path}/{key}" for key in _KEYS])
+        # Both as of one moment: a listener withdraws and advertises afresh at the same path
+        # within milliseconds, and a ring-ref of one advertisement with the port of the next
+        # would bind one connection's port to another's page.
+        async with self._transactions:
+            ring_ref, port = await self._xs.read_together([f"{self._path}/{k}" for k in _KEYS])
         for value in (ring_ref, port):
             if isinstance(value, XenStoreError):
                 if value.errno not in (errno.ENOENT, errno.EACCES):  # not there, or not ours

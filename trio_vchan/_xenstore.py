@@ -171,6 +171,25 @@ class XenStoreClient:
         )
         return [r if isinstance(r, XenStoreError) else r.payload for r in replies]
 
+    async def read_together(self, paths: Sequence[str]) -> list[bytes | XenStoreError]:
+        """Read every path as of one moment: in a transaction, committed (a commit that
+        conflicts with a change meanwhile is redone), in two round trips.
+
+        Returns each value, or the error reading it gave.
+        """
+        for path in paths:
+            validate_path(path)
+        while True:
+            tx = await self.transaction_start()
+            requests = [(MessageType.READ, join_strings([path]), tx, path) for path in paths]
+            requests.append((MessageType.TRANSACTION_END, b"T\0", tx, str(tx)))
+            *values, end = await self._requests(requests)
+            if isinstance(end, XenStoreError):
+                if end.errno == errno.EAGAIN:
+                    continue  # something read changed meanwhile: read it again
+                raise end
+            return [v if isinstance(v, XenStoreError) else v.payload for v in values]
+
     async def write_many(
         self, entries: Sequence[tuple[str, bytes, Sequence[Permission]]], *, tx: int = 0
     ) -> None:
