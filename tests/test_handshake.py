@@ -20,7 +20,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from hostile_driver import hostile_peer
+from hostile_driver import HostilePeer, hostile_peer
 
 import trio_vchan
 from trio_vchan import Backend, PeerGoneError, VchanStream
@@ -612,42 +612,43 @@ class _BlindChannel:
         self.channel.close()
 
 
+@asynccontextmanager
+async def serving_a_silent_peer(
+    server: Backend, peer: HostilePeer, port: str, **sizes: int
+) -> AsyncIterator[VchanStream]:
+    """A stream served to the hostile peer, which attaches by hand and asks for no
+    unmap-notify (as ocaml-vchan does)."""
+    async with trio.open_nursery() as nursery:
+        streams: list[VchanStream] = []
+        served = trio.Event()
+
+        async def serve() -> None:
+            async with trio_vchan.serve(CLIENT, port, backend=server, **sizes) as stream:
+                streams.append(stream)
+                served.set()
+                await trio.sleep_forever()
+
+        nursery.start_soon(serve)
+        await trio.testing.wait_all_tasks_blocked()
+        path = vchan_path(server.domid, CLIENT, port)
+        with trio.fail_after(STEP):
+            await peer.call(
+                "attach", seed=1, victim=server.domid, path=path, honest=True, unmap_notify=False
+            )
+            await served.wait()
+        yield streams[0]
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_silent_peer_whose_domain_is_destroyed_is_noticed_by_dom0(
     sim: SimulatedHost,
 ) -> None:
     """A peer that asked for no unmap-notify (as ocaml-vchan), on a backend that cannot tell
     a closed port (as Xen's devices): only XenStore's @releaseDomain says it has gone, and C
     xenstored sends that to dom0 only."""
-    server_domid = 0
-    async with (
-        backends(sim, server_domid) as (server,),
-        hostile_peer(sim, CLIENT) as peer,
-    ):
+    async with backends(sim, 0) as (server,), hostile_peer(sim, CLIENT) as peer:
         blind = attrs.evolve(server, events=Blind(server.events))
-        async with trio.open_nursery() as nursery:
-            streams: list[VchanStream] = []
-            served = trio.Event()
-
-            async def serve() -> None:
-                async with trio_vchan.serve(CLIENT, "silent", backend=blind) as stream:
-                    streams.append(stream)
-                    served.set()
-                    await trio.sleep_forever()
-
-            nursery.start_soon(serve)
-            await trio.testing.wait_all_tasks_blocked()
-            path = vchan_path(server_domid, CLIENT, "silent")
-            with trio.fail_after(STEP):
-                await peer.call(
-                    "attach",
-                    seed=1,
-                    victim=server_domid,
-                    path=path,
-                    honest=True,
-                    unmap_notify=False,
-                )
-                await served.wait()
-            (stream,) = streams
+        async with serving_a_silent_peer(blind, peer, "silent") as stream:
             failures: list[BaseException] = []
             with trio.fail_after(STEP):
                 async with trio.open_nursery() as waiting:
@@ -659,7 +660,6 @@ async def test_a_silent_peer_whose_domain_is_destroyed_is_noticed_by_dom0(
             assert isinstance(failure.__cause__, PeerGoneError), failure.__cause__
             with pytest.raises(trio.BrokenResourceError):
                 await stream.send_all(b"x")
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_peer_whose_port_closes_without_clearing_its_live_byte(
@@ -667,43 +667,20 @@ async def test_a_peer_whose_port_closes_without_clearing_its_live_byte(
 ) -> None:
     """Its port goes first and its mapping stays (live byte still 1, no unmap-notify): the
     sleeping side wakes, finds the port closed, and ends as if the peer had exited."""
-    async with (
-        backends(sim, SERVER) as (server,),
-        hostile_peer(sim, CLIENT) as peer,
-        trio.open_nursery() as nursery,
-    ):
-        streams: list[VchanStream] = []
-        served = trio.Event()
-
-        async def serve() -> None:
-            async with trio_vchan.serve(
-                CLIENT, "portless", read_size=1024, write_size=1024, backend=server
-            ) as stream:
-                streams.append(stream)
-                served.set()
-                await trio.sleep_forever()
-
-        nursery.start_soon(serve)
-        await trio.testing.wait_all_tasks_blocked()
-        path = vchan_path(SERVER, CLIENT, "portless")
-        with trio.fail_after(STEP):
-            await peer.call(
-                "attach", seed=1, victim=SERVER, path=path, honest=True, unmap_notify=False
-            )
-            await served.wait()
-        (stream,) = streams
-        failures: list[BaseException] = []
-        with trio.fail_after(STEP):
-            async with trio.open_nursery() as sending:
-                sending.start_soon(send_expecting_an_error, stream, b"x" * 4096, failures)
-                await trio.testing.wait_all_tasks_blocked()  # blocked: more than the ring holds
-                await peer.call("close_port")
-        (failure,) = failures
-        assert isinstance(failure, trio.BrokenResourceError), failure
-        assert "port" in str(failure)
-        with trio.fail_after(STEP):
-            assert await stream.receive_some() == b""
-        nursery.cancel_scope.cancel()
+    async with backends(sim, SERVER) as (server,), hostile_peer(sim, CLIENT) as peer:
+        sizes = {"read_size": 1024, "write_size": 1024}
+        async with serving_a_silent_peer(server, peer, "portless", **sizes) as stream:
+            failures: list[BaseException] = []
+            with trio.fail_after(STEP):
+                async with trio.open_nursery() as sending:
+                    sending.start_soon(send_expecting_an_error, stream, b"x" * 4096, failures)
+                    await trio.testing.wait_all_tasks_blocked()  # blocked: the ring is full
+                    await peer.call("close_port")
+            (failure,) = failures
+            assert isinstance(failure, trio.BrokenResourceError), failure
+            assert "port" in str(failure)
+            with trio.fail_after(STEP):
+                assert await stream.receive_some() == b""
 
 
 # -- many at once ---------------------------------------------------------------------------------

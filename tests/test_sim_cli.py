@@ -60,33 +60,16 @@ async def test_command_keeps_its_domid() -> None:
 
 async def test_runs_until_terminated(tmp_path: Path) -> None:
     where = tmp_path / "sim"
-    process = await trio.lowlevel.open_process(
-        [*CLI, "--dir", os.fspath(where)], stdout=subprocess.PIPE
-    )
-    assert process.stdout is not None
-    try:
-        line = b""
-        with trio.fail_after(TIMEOUT):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some()
-                assert chunk, "the host exited early"
-                line += chunk
+    async with running_host(where) as line:  # ends it with SIGTERM: status 0
         assert line == f"TRIO_VCHAN_SIM={where}\n".encode()
         assert (where / "host").is_socket()
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(TIMEOUT):
-            assert await process.wait() == 0
-        assert not where.exists()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stdout.aclose()
+    assert not where.exists()
 
 
 @asynccontextmanager
-async def running_host(where: Path) -> AsyncIterator[None]:
-    """Run ``trio-vchan sim --dir where`` until the block ends (then SIGTERM it)."""
+async def running_host(where: Path) -> AsyncIterator[bytes]:
+    """Run ``trio-vchan sim --dir where`` until the block ends (then SIGTERM it, and check it
+    exits 0); yields the line it printed."""
     process = await trio.lowlevel.open_process(
         [*CLI, "--dir", os.fspath(where)], stdout=subprocess.PIPE
     )
@@ -98,7 +81,7 @@ async def running_host(where: Path) -> AsyncIterator[None]:
                 chunk = await process.stdout.receive_some()
                 assert chunk, "the host exited early"
                 line += chunk
-        yield
+        yield line
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(TIMEOUT):
             assert await process.wait() == 0

@@ -879,49 +879,41 @@ async def test_batches_keep_their_order_and_report_each_error(
     assert await client.read(f"{home}/b") == b"2"  # still in step
 
 
+async def next_request(store: RawConnection) -> Message:
+    request = await store.receive()
+    assert request is not None, "the client hung up"
+    return request
+
+
 async def test_watch_waits_until_no_reply_is_outstanding() -> None:
     """Linux's xenbus device hangs on a WATCH sent while a reply is outstanding: the client
     sends WATCH (and UNWATCH) only once every earlier request has its reply."""
-    client_stream, store = trio.testing.memory_stream_pair()
-    client = XenStoreClient(client_stream)
-    decoder = MessageDecoder()
-
-    async def next_request() -> Message:
-        while (message := decoder.next_message()) is None:
-            decoder.feed(await store.receive_some())
-        return message
-
+    client_stream, store_stream = trio.testing.memory_stream_pair()
+    client, store = XenStoreClient(client_stream), RawConnection(store_stream)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.read, "/slow")
-        read = await next_request()
+        read = await next_request(store)
         assert read.type == MessageType.READ
         nursery.start_soon(client.watch, "/w", "tok")
         await trio.testing.wait_all_tasks_blocked()
-        assert decoder.next_message() is None
         with trio.move_on_after(0.1):
-            decoder.feed(await store.receive_some())
-        assert decoder.next_message() is None, "WATCH went out before the READ's reply"
-        await store.send_all(Message(MessageType.READ, read.req_id, 0, b"v").encode())
-        watch = await next_request()
+            early = await store.receive()
+            pytest.fail(f"{early} went out before the READ's reply")
+        await store.send(MessageType.READ, b"v", req_id=read.req_id)
+        watch = await next_request(store)
         assert watch.type == MessageType.WATCH
-        await store.send_all(Message(MessageType.WATCH, watch.req_id, 0, b"OK\0").encode())
+        await store.send(MessageType.WATCH, b"OK\0", req_id=watch.req_id)
     await client.aclose()
 
 
 async def test_read_together_reads_again_when_the_commit_conflicts() -> None:
     """The store refuses the commit of a transaction whose reads changed meanwhile (a pair
     of one advertisement's ring-ref and the next one's port): the client reads again."""
-    client_stream, store = trio.testing.memory_stream_pair()
-    client = XenStoreClient(client_stream)
-    decoder = MessageDecoder()
-
-    async def next_request() -> Message:
-        while (message := decoder.next_message()) is None:
-            decoder.feed(await store.receive_some())
-        return message
+    client_stream, store_stream = trio.testing.memory_stream_pair()
+    client, store = XenStoreClient(client_stream), RawConnection(store_stream)
 
     async def reply(to: Message, type: MessageType, payload: bytes) -> None:
-        await store.send_all(Message(type, to.req_id, to.tx_id, payload).encode())
+        await store.send(type, payload, tx_id=to.tx_id, req_id=to.req_id)
 
     results: list[list[bytes | XenStoreError]] = []
     async with trio.open_nursery() as nursery:
@@ -931,13 +923,13 @@ async def test_read_together_reads_again_when_the_commit_conflicts() -> None:
 
         nursery.start_soon(read)
         for attempt, (a, b) in enumerate([(b"old", b"new"), (b"new", b"new")]):
-            start = await next_request()
+            start = await next_request(store)
             assert start.type == MessageType.TRANSACTION_START
             await reply(start, MessageType.TRANSACTION_START, b"%d\0" % (attempt + 5))
-            reads = [await next_request(), await next_request()]
+            reads = [await next_request(store), await next_request(store)]
             assert [r.type for r in reads] == [MessageType.READ] * 2
             assert {r.tx_id for r in reads} == {attempt + 5}
-            end = await next_request()
+            end = await next_request(store)
             assert (end.type, end.tx_id, end.payload) == (
                 MessageType.TRANSACTION_END,
                 attempt + 5,

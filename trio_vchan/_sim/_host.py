@@ -975,17 +975,13 @@ class SimulatedHost:
             return _Result(Reply(errno.EINVAL, message=f"malformed request: {exc}"))
         if request.op == Op.HELLO and not request.words:
             return _Result(ok((VERSION, 0xFFFFFFFF, PAGE_SIZE)))
-        if request.op == Op.INTRODUCE_DOMAIN and not request.words:
+        domain_ops: dict[int, Callable[[int], None]] = {
+            Op.INTRODUCE_DOMAIN: self.add_domain,
+            Op.DESTROY_DOMAIN: self.destroy_domain,
+        }
+        if request.op in domain_ops and not request.words:
             try:
-                self.add_domain(check_domid(request.args[0]))
-            except ValueError as exc:
-                return _Result(Reply(errno.EINVAL, message=str(exc)))
-            except OSError as exc:
-                return _Result(Reply(exc.errno or errno.EIO, message=str(exc)))
-            return _Result(ok())
-        if request.op == Op.DESTROY_DOMAIN and not request.words:
-            try:
-                self.destroy_domain(check_domid(request.args[0]))
+                domain_ops[request.op](check_domid(request.args[0]))
             except ValueError as exc:
                 return _Result(Reply(errno.EINVAL, message=str(exc)))
             except OSError as exc:
