@@ -9,6 +9,7 @@ Stop it with Ctrl-C (SIGINT), which withdraws its XenStore advertisements.
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 
@@ -35,4 +36,12 @@ async def main(port: str, client_domids: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], [int(d) for d in sys.argv[2:]])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("port", metavar="PORT", help="the vchan's name")
+    parser.add_argument(
+        "client_domids", metavar="DOMID", type=int, nargs="+", help="a client domain"
+    )
+    args = parser.parse_args()  # a bad command line: usage, and status 2
+    trio.run(main, args.port, args.client_domids)

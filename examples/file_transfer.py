@@ -9,8 +9,8 @@ of what it received, which the sender prints too.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import sys
 
 import trio
 
@@ -44,5 +44,14 @@ async def receive(server_domid: int, port: str, path: str) -> None:
 
 
 if __name__ == "__main__":
-    mode, domid, port, path = sys.argv[1:5]
-    trio.run(send if mode == "send" else receive, int(domid), port, path)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("mode", metavar="send|receive", choices=["send", "receive"])
+    parser.add_argument(
+        "domid", metavar="DOMID", type=int, help="the other domain: SERVER_DOMID or CLIENT_DOMID"
+    )
+    parser.add_argument("port", metavar="PORT", help="the vchan's name")
+    parser.add_argument("path", metavar="FILE", help="INPUT to send, or OUTPUT to write")
+    args = parser.parse_args()  # a bad command line: usage, and status 2
+    trio.run(send if args.mode == "send" else receive, args.domid, args.port, args.path)

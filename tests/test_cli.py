@@ -196,6 +196,7 @@ async def test_help(args: tuple[str, ...], expected: list[str]) -> None:
         (("cat", "--buffer-size", "0", "1", "foo"), "the buffer size must be 1..1048576"),
         (("cat", "--buffer-size", "2M", "1", "foo"), "the buffer size must be 1..1048576"),
         (("cat", "--buffer-size", "lots", "1", "foo"), "not 'lots'"),
+        (("cat", "--buffer-size", "2G", "1", "foo"), "bytes up to 1M (1048576), like"),
         (("cat", "--progress", "--quiet", "1", "foo"), "not allowed with argument"),
         (("cat", "--domid", "-3", "1", "foo"), "argument --domid: a domain id"),
         (("proxy", "-l", "1", "foo"), "one of the arguments --unix --tcp is required"),
@@ -219,6 +220,27 @@ async def test_bad_arguments_exit_2_with_a_message(args: tuple[str, ...], messag
     assert result.returncode == ExitStatus.USAGE
     assert message in result.stderr.decode()
     no_traceback(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "usage", "unknown"),
+    [
+        (("cat", "--bogus", "1", "foo"), "usage: trio-vchan cat [-h]", "--bogus"),
+        (("cat", "1", "foo", "extra"), "usage: trio-vchan cat [-h]", "extra"),
+        (("proxy", "1", "foo", "--unix", "s", "-x"), "usage: trio-vchan proxy [-h]", "-x"),
+        (("sim", "--bogus"), "usage: trio-vchan sim [-h]", "--bogus"),
+        # before the command, it is the top level's
+        (("--bogus", "cat", "1", "foo"), "usage: trio-vchan [-h] [--version]", "--bogus"),
+    ],
+)
+async def test_an_unknown_argument_gets_the_usage_of_its_command(
+    args: tuple[str, ...], usage: str, unknown: str
+) -> None:
+    result = await run_cli(clean_environ(), *args)
+    assert result.returncode == ExitStatus.USAGE
+    stderr = result.stderr.decode()
+    assert stderr.startswith(usage)
+    assert stderr.endswith(f": error: unrecognized arguments: {unknown}\n")
 
 
 async def test_bad_domid_in_the_environment_is_a_usage_error(sim: SimulatedHost) -> None:
@@ -454,6 +476,35 @@ async def test_ctrl_c_closes_the_vchan_cleanly(
         no_traceback(await read_all(target.stderr))
         message = b"the peer closed the vchan before the end of stdin\n" if other_status else b""
         assert (await read_all(other.stderr)).endswith(message)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"), [((), b"trio-vchan cat: the peer closed the vchan\n"), (("-q",), b"")]
+)
+async def test_the_peer_closing_an_interactive_cat_ends_it_plainly(
+    sim: SimulatedHost, options: tuple[str, ...], message: bytes
+) -> None:
+    """At a terminal the peer's close is the end of the conversation: status 0, said plainly.
+    (With a pipe the same close is status 1: see test_ctrl_c_closes_the_vchan_cleanly.)"""
+    controller, terminal = os.openpty()
+    try:
+        async with (
+            cli(domain_environ(sim, 1), "cat", "-l", "2", "chat", stdin=subprocess.PIPE) as server,
+            cli(domain_environ(sim, 2), "cat", *options, "1", "chat", stdin=terminal) as client,
+        ):
+            os.close(terminal)
+            terminal = -1
+            os.write(controller, b"hello\n")  # typed; the line discipline passes it on
+            assert await read_until(server.stdout, b"\n") == b"hello\n"
+            assert server.stdin is not None
+            await server.stdin.aclose()  # the server's input ends: it closes the vchan
+            assert await wait(server) == ExitStatus.OK
+            assert await wait(client) == ExitStatus.OK
+            assert without_notices(await read_all(client.stderr)) == message
+    finally:
+        os.close(controller)
+        if terminal != -1:
+            os.close(terminal)
 
 
 @pytest.mark.parametrize("killed", ["receiver", "sender"])

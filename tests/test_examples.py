@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
 import trio_vchan
 from trio_vchan.sim import SimulatedHost
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
 
 
 async def test_echo_server_serves_several_domains_and_reconnects(sim: SimulatedHost) -> None:
@@ -74,3 +78,52 @@ async def test_file_transfer_arrives_intact(sim: SimulatedHost, tmp_path: Path) 
     expected = hashlib.sha256(payload).hexdigest().encode()
     assert results == {"sender": expected, "receiver": expected}
     assert target.read_bytes() == payload
+
+
+@pytest.mark.parametrize("example", ["echo_server.py", "file_transfer.py"])
+async def test_without_arguments_an_example_prints_its_usage(example: str) -> None:
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [sys.executable, str(EXAMPLES / example)],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert done.returncode == 2
+    stderr = done.stderr.decode()
+    assert stderr.startswith(f"usage: {example} [-h] ")
+    assert "the following arguments are required" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_script_beside_a_source_tree_without_its_native_part_says_so(tmp_path: Path) -> None:
+    """A user saves server.py in the clone's root and runs it: Python imports the source tree's
+    trio_vchan, which has no compiled ``_native`` unless it was installed in place."""
+    shutil.copytree(
+        REPO / "trio_vchan",
+        tmp_path / "trio_vchan",
+        ignore=shutil.ignore_patterns("*.so", "__pycache__"),
+    )
+    assert [p.name for p in (tmp_path / "trio_vchan").glob("_native*")] == ["_native.pyi"]
+    shutil.copy(EXAMPLES / "echo_server.py", tmp_path / "server.py")
+    # -S: no .pth files, so that an editable install's import hook cannot find the missing
+    # module in the real tree; PYTHONPATH gives back trio and the other dependencies.
+    path = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
+    done = subprocess.run(
+        [sys.executable, "-S", "server.py", "echo", "2"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": path},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    last_line = done.stderr.decode().strip().splitlines()[-1]
+    assert last_line.startswith(
+        "ImportError: trio_vchan's native part (trio_vchan._native) is not built in"
+        f" {tmp_path / 'trio_vchan'}: "
+    )
+    assert "`pip install .`" in last_line
+    assert "run from outside the source tree" in last_line
+    assert "circular import" not in done.stderr.decode()

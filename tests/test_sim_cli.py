@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,9 +13,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 from sim_agent import agent
 from subprocess_paths import SAFE_PATH
+
+from trio_vchan._sim_cli import _host_pid
 
 TIMEOUT = 60
 CLI = [sys.executable, *SAFE_PATH, "-m", "trio_vchan._sim_cli"]
@@ -148,3 +153,255 @@ async def test_destroy_without_a_host(tmp_path: Path) -> None:
         status, stderr = await sim_cli("--dir", os.fspath(tmp_path), "--destroy", bad, env=env)
         assert status == 2, (bad, stderr)
         assert "DOMID" in stderr
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """Our environment without a host, a domain or a XenStore of its own, plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TRIO_VCHAN_") and k != "XENSTORED_PATH"
+    }
+    return {**env, **extra}
+
+
+def one_line(stderr: str) -> str:
+    """``stderr`` must be one line, and no traceback."""
+    assert stderr.count("\n") == 1, stderr
+    assert stderr.endswith("\n"), stderr
+    assert "Traceback" not in stderr
+    return stderr
+
+
+async def test_refuses_a_directory_it_cannot_use(tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "mine").write_text("keep me")
+    status, stderr = await sim_cli("--dir", os.fspath(full))
+    assert status == 2
+    assert f"{full} is not empty; empty or remove it, or choose another --dir" in one_line(stderr)
+    assert (full / "mine").read_text() == "keep me"
+
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    status, stderr = await sim_cli("--dir", os.fspath(a_file))
+    assert status == 2
+    assert f"{a_file} exists and is not a directory; choose another --dir" in one_line(stderr)
+
+    missing_parent = tmp_path / "no" / "such"
+    status, stderr = await sim_cli("--dir", os.fspath(missing_parent))
+    assert status == 2
+    assert "No such file or directory; choose another --dir" in one_line(stderr)
+
+
+async def test_refuses_a_directory_in_use(tmp_path: Path) -> None:
+    where = tmp_path / "sim"
+    async with running_host(where):
+        for extra in ([], ["--background"]):
+            status, stderr = await sim_cli("--dir", os.fspath(where), *extra)
+            assert status == 2, extra
+            assert f"a simulated host is already running at {where}; stop it" in one_line(stderr)
+        assert (where / "host").is_socket()  # the running host still has its directory
+
+
+async def start_host(where: Path) -> trio.Process:
+    """Start ``trio-vchan sim --dir where`` and wait until it has printed its line."""
+    process = await trio.lowlevel.open_process(
+        [*CLI, "--dir", os.fspath(where)], stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    async with process.stdout:
+        line = b""
+        with trio.fail_after(TIMEOUT):
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some()
+                assert chunk, "the host exited early"
+                line += chunk
+    return process
+
+
+async def test_recognises_a_directory_left_by_a_killed_host(tmp_path: Path) -> None:
+    where = tmp_path / "sim"
+    process = await start_host(where)
+    process.kill()
+    with trio.fail_after(TIMEOUT):
+        await process.wait()
+    assert (where / "host").is_socket()  # SIGKILL: no chance to clean up
+    hint = f"{where} was left by a host that is no longer running; remove it (rm -r {where})"
+    status, stderr = await sim_cli("--dir", os.fspath(where))
+    assert status == 2
+    assert hint + " or choose another --dir" in one_line(stderr)
+    status, stderr = await sim_cli("--dir", os.fspath(where), "--stop")
+    assert status == 1
+    assert hint in one_line(stderr)
+    assert (where / "host").is_socket()  # reported, not removed
+
+
+async def test_keeps_the_mode_of_an_existing_directory(tmp_path: Path) -> None:
+    where = tmp_path / "mine"
+    where.mkdir()
+    where.chmod(0o755)
+    show_mode = "import os; print(oct(os.stat(os.environ['TRIO_VCHAN_SIM']).st_mode & 0o777))"
+    with trio.fail_after(TIMEOUT):
+        result = await trio.run_process(
+            [*CLI, "--dir", os.fspath(where), "--", sys.executable, "-c", show_mode],
+            env=clean_env(),
+            capture_stdout=True,
+        )
+    assert result.stdout == b"0o755\n"
+    assert where.is_dir()  # emptied, not removed: it was the user's
+    assert list(where.iterdir()) == []
+    assert where.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.skipif(
+    shutil.which("xenstore-read") is None,
+    reason="needs Debian's xenstore-utils (xenstore-read) on PATH",
+)
+@pytest.mark.parametrize("domid", [None, "5"])
+async def test_xen_tools_work_inside_a_host(domid: str | None) -> None:
+    env = clean_env() if domid is None else clean_env(TRIO_VCHAN_DOMID=domid)
+    with trio.fail_after(TIMEOUT):
+        result = await trio.run_process(
+            [*CLI, "--", "xenstore-read", "domid"],
+            env=env,
+            check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout == f"{domid or 0}\n".encode()
+
+
+def parse_exports(text: str) -> dict[str, str]:
+    """The variables of ``export NAME=VALUE`` lines (values shell-quoted)."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        words = shlex.split(line)
+        assert len(words) == 2, line
+        assert words[0] == "export", line
+        name, _, value = words[1].partition("=")
+        found[name] = value
+    return found
+
+
+async def test_background_host_start_use_stop(tmp_path: Path) -> None:
+    where = tmp_path / "sim"
+    with trio.fail_after(TIMEOUT):  # returns although the host runs on (and holds no pipe)
+        result = await trio.run_process(
+            [*CLI, "--dir", os.fspath(where), "--background"],
+            env=clean_env(TRIO_VCHAN_DOMID="4"),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    try:
+        assert (result.returncode, result.stderr) == (0, b"")
+        exports = parse_exports(result.stdout.decode())
+        xenstore = os.fspath(where / "domains" / "4" / "xenstore")
+        assert exports == {
+            "TRIO_VCHAN_SIM": os.fspath(where),
+            "TRIO_VCHAN_DOMID": "4",
+            "XENSTORED_PATH": xenstore,
+        }
+        assert (where / "domains" / "4" / "xenstore").is_socket()  # domain 4 exists already
+        pid = _host_pid(where)
+        assert os.getsid(pid) != os.getsid(0)  # detached: a session of its own
+
+        # use it: a process joins with the exported variables, twice (the host runs on)
+        for _ in range(2):
+            with trio.fail_after(TIMEOUT):
+                joined = await trio.run_process(
+                    [sys.executable, *SAFE_PATH, "-c", CHILD],
+                    env=clean_env(**exports),
+                    check=False,
+                    capture_stdout=True,
+                )
+            assert joined.returncode == 3
+            assert joined.stdout.decode().split() == [os.fspath(where), "4"]
+
+        assert await sim_cli("--dir", os.fspath(where), "--stop") == (0, "")
+        assert not where.exists()  # --stop returned after the host had cleaned up
+        status, stderr = await sim_cli("--dir", os.fspath(where), "--stop")
+        assert status == 1
+        assert f"no simulated host is running at {where}" in one_line(stderr)
+    finally:
+        if (where / "host").is_socket():
+            await sim_cli("--dir", os.fspath(where), "--stop")
+
+
+async def test_background_passes_on_why_the_host_did_not_start(tmp_path: Path) -> None:
+    too_long = tmp_path / ("x" * 120)  # fine as a directory, too long for socket paths
+    status, stderr = await sim_cli("--dir", os.fspath(too_long), "--background")
+    assert status == 2
+    assert "is too long for Unix socket paths" in one_line(stderr)
+    assert not too_long.exists()
+
+
+async def test_stop_waits_until_the_host_has_stopped(tmp_path: Path) -> None:
+    where = tmp_path / "sim"
+    env = clean_env(TRIO_VCHAN_SIM=os.fspath(where))
+    stubborn = "trap '' TERM; echo started; while :; do sleep 1; done"  # ignores SIGTERM
+    process = await trio.lowlevel.open_process(
+        [*CLI, "--dir", os.fspath(where), "--", "sh", "-c", stubborn],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        async with process.stdout:
+            with trio.fail_after(TIMEOUT):
+                assert await process.stdout.receive_some() == b"started\n"
+        assert await sim_cli("--stop", env=env) == (0, "")  # TRIO_VCHAN_SIM names the host
+        # the host had killed COMMAND after the grace, and exited, before --stop returned
+        assert process.returncode == 128 + signal.SIGKILL
+        assert not where.exists()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    status, stderr = await sim_cli("--stop", env=clean_env())
+    assert status == 2
+    assert "--stop needs --dir DIR or TRIO_VCHAN_SIM" in one_line(stderr)
+    for action in ("--stop", "--background"):
+        status, stderr = await sim_cli(action, "--", "true", env=env)
+        assert status == 2
+        assert f"{action} takes no COMMAND" in one_line(stderr)
+
+
+# A background job that holds the standard output pipe: reading that pipe to its end
+# finishes only once every process of COMMAND's group has exited.
+STRAY = "sleep 1000 & echo started"
+
+
+@pytest.mark.parametrize("shell", [STRAY, f"trap '' TERM; {STRAY}"], ids=["plain", "ignores-term"])
+async def test_background_jobs_end_with_the_command(shell: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        result = await trio.run_process(
+            [*CLI, "--", "sh", "-c", shell], env=clean_env(), capture_stdout=True
+        )
+    assert result.stdout == b"started\n"
+
+
+async def test_background_jobs_end_with_the_host() -> None:
+    process = await trio.lowlevel.open_process(
+        [*CLI, "--", "sh", "-c", f"{STRAY}; wait"], env=clean_env(), stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    try:
+        async with process.stdout:
+            output = b""
+            with trio.fail_after(TIMEOUT):
+                while not output.endswith(b"started\n"):
+                    chunk = await process.stdout.receive_some()
+                    assert chunk, "the command ended early"
+                    output += chunk
+                process.send_signal(signal.SIGTERM)
+                assert await process.wait() == 128 + signal.SIGTERM  # sh's own end
+                while chunk := await process.stdout.receive_some():  # the job's end, too
+                    output += chunk
+        assert output == b"started\n"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

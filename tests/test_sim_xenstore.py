@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from conftest import missing_xen_tool
 from sim_agent import AgentError, agent
 
 from trio_vchan import XenStoreError
@@ -19,6 +20,12 @@ from trio_vchan.sim import SimulatedHost
 
 TIMEOUT = 60
 SECRET = "/local/domain/1/data/secret"
+
+
+@pytest.fixture
+def xenstore_utils() -> None:
+    if shutil.which("xenstore-read") is None:
+        missing_xen_tool("Xen's xenstore-utils absent")
 
 
 @pytest.fixture
@@ -75,7 +82,7 @@ async def test_leaked_nodes_are_reported(host: SimulatedHost) -> None:
         await dom1.exit()
 
 
-@pytest.mark.skipif(shutil.which("xenstore-read") is None, reason="Xen's xenstore-utils absent")
+@pytest.mark.usefixtures("xenstore_utils")
 async def test_xen_xenstore_utils_join_as_a_domain(host: SimulatedHost) -> None:
     host.add_domain(1)
     env = {
@@ -93,7 +100,7 @@ async def test_xen_xenstore_utils_join_as_a_domain(host: SimulatedHost) -> None:
         await trio.run_process(["xenstore-rm", "data/x"], env=env)
 
 
-@pytest.mark.skipif(shutil.which("xenstore-read") is None, reason="Xen's xenstore-utils absent")
+@pytest.mark.usefixtures("xenstore_utils")
 async def test_requests_of_xen_xenstore_utils_are_counted(host: SimulatedHost) -> None:
     host.add_domain(1)
     env = {

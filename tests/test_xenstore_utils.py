@@ -15,14 +15,17 @@ from collections.abc import Iterator
 import pytest
 import trio
 import trio.testing
+from conftest import missing_xen_tool
 
 from trio_vchan._sim._xenstored import XenStoreServer
 from trio_vchan._xenstore import WatchEvent, XenStoreClient
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("xenstore-read") is None,
-    reason="needs Debian's xenstore-utils (xenstore-read and friends) on PATH",
-)
+
+@pytest.fixture(autouse=True)
+def _xenstore_utils() -> None:
+    if shutil.which("xenstore-read") is None:
+        missing_xen_tool("needs Debian's xenstore-utils (xenstore-read and friends) on PATH")
+
 
 TIMEOUT = 30  # generous: each call starts a process
 

@@ -50,8 +50,6 @@ class PeerGoneError(trio.BrokenResourceError):
     """The peer's domain was destroyed: while a client waited for it to serve, or under a
     connected stream (whose calls then raise :class:`trio.BrokenResourceError` caused by it)."""
 
-    __module__ = "trio_vchan"
-
 
 @attrs.frozen
 class Advertised:

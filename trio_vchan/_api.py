@@ -148,8 +148,6 @@ class VchanListener(trio.abc.Listener[VchanStream]):
             another) serves this port. An advertisement left by one that died is taken over.
     """
 
-    __module__ = "trio_vchan"
-
     def __init__(
         self,
         client_domid: int,

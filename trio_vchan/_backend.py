@@ -136,8 +136,6 @@ class Backend:
     trio-vchan choose (``backend=None``).
     """
 
-    __module__ = "trio_vchan"
-
     domid: int
     events: EventChannels
     memory: GrantMemory

@@ -12,13 +12,9 @@ class ProtocolError(Exception):
     Streams report it as the ``__cause__`` of a :class:`trio.BrokenResourceError`.
     """
 
-    __module__ = "trio_vchan"
-
 
 class XenStoreError(OSError):
     """A XenStore request failed; ``errno`` is the error the store replied with."""
-
-    __module__ = "trio_vchan"
 
     def __init__(self, errno: int, message: str) -> None:
         name = _errno.errorcode.get(errno, str(errno))
@@ -27,5 +23,3 @@ class XenStoreError(OSError):
 
 class BackendUnavailableError(RuntimeError):
     """No platform to run a vchan on: neither a simulated host nor Xen's devices were found."""
-
-    __module__ = "trio_vchan"

@@ -29,7 +29,25 @@ from typing import NamedTuple, final
 
 import attrs
 
-from . import _native
+try:
+    from . import _native
+except ImportError:
+    # Python found a trio_vchan without its compiled part: a source tree first on sys.path (a
+    # script run from the clone's root), which says "partially initialized module ... circular
+    # import". Say what it is; an .so that exists but fails to load keeps its own error.
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec(f"{__package__}._native") is not None:
+        raise
+    raise ImportError(
+        f"trio_vchan's native part (trio_vchan._native) is not built in"
+        f" {os.path.dirname(os.path.abspath(__file__))}: Python imported that source tree"
+        " rather than an installed trio-vchan, because it comes first on sys.path (a script"
+        " run from the clone's root, say). Install the package (`pip install .` in the clone)"
+        " and run from outside the source tree, or build the native part into the source"
+        " tree with `pip install -e .`."
+    ) from None  # the original says "most likely due to a circular import": it is not
 from ._errors import ProtocolError
 from ._layout import (
     CLI_LIVE,
@@ -122,8 +140,8 @@ class RingEndpoint:
         self.role = role
         self._read_ring = read_ring
         self._write_ring = write_ring
-        self.read_size = _check_ring(read_ring, "read_ring")
-        self.write_size = _check_ring(write_ring, "write_ring")
+        self.read_size: int = _check_ring(read_ring, "read_ring")
+        self.write_size: int = _check_ring(write_ring, "write_ring")
         if write_ring.readonly:
             raise ValueError("write_ring must be writable")
         self._at = _OFFSETS[role]

@@ -4,19 +4,24 @@ or destroy a domain of a running host."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
+import shlex
 import signal
 import socket
+import stat
+import struct
+import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from ._backend import check_domid
 from ._sim._host import SimulatedHost
-from ._sim._platform import ENV_DIR, ENV_DOMID, parse_domid
+from ._sim._platform import ENV_DIR, ENV_DOMID, domain_dir, parse_domid
 from ._sim._proto import MESSAGE_MAX, Op, Reply, Request
 
 if TYPE_CHECKING:
@@ -36,28 +41,51 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 DESCRIPTION = """\
-Run a simulated Xen host until interrupted, printing TRIO_VCHAN_SIM=<dir>; or run COMMAND
-inside it (with TRIO_VCHAN_SIM set, and TRIO_VCHAN_DOMID=0 unless it is already set) and exit
-with its status.
+Run a simulated Xen host in the foreground, printing TRIO_VCHAN_SIM=<dir>, until Ctrl-C or
+SIGTERM stops it; or run COMMAND inside it and exit with COMMAND's status. COMMAND gets
+TRIO_VCHAN_SIM, TRIO_VCHAN_DOMID=0 (unless TRIO_VCHAN_DOMID is set already) and XENSTORED_PATH
+(its domain's XenStore socket, so Xen's own tools such as xenstore-read work unchanged). It
+runs in a session (process group) of its own, to which the host passes on SIGINT and SIGTERM;
+after SIGTERM, a COMMAND still running 2 seconds later gets SIGKILL. When COMMAND has ended,
+whatever is left of its group (jobs it started in the background) gets SIGTERM, then SIGKILL
+2 seconds later, before the host stops.
+
+With --background, start the host detached and print `export` lines for a shell's `eval`
+(TRIO_VCHAN_SIM, TRIO_VCHAN_DOMID and XENSTORED_PATH, as COMMAND gets them); the host runs on
+until `trio-vchan sim --stop` (or SIGTERM to it). --stop sends SIGTERM to the host serving DIR
+and waits until it has stopped.
 
 With --destroy DOMID, destroy domain DOMID of a running host instead, as `xl destroy` does:
 the host performs the unmap-notifies of the domain's shares and mappings, closes its event
 channels (their remote ends see the peer close), drops its connections, removes
 /local/domain/DOMID from XenStore and fires @releaseDomain. Its processes keep running, cut
 off. The domain id can then join again as a fresh domain.
+
+DIR is created (mode 0700) if it does not exist; an existing DIR must be an empty directory,
+and keeps its mode. A DIR that a host killed with SIGKILL left behind (sockets that nobody
+serves) is refused as such: remove it first.
 """
 
 EPILOG = """\
 examples:
   trio-vchan sim -- sh -c 'trio-vchan cat --domid 2 -l 1 foo > copy &
                            trio-vchan cat --domid 1 2 foo < foo; wait'
-  trio-vchan sim --dir /tmp/host &            # a host that others join
+  trio-vchan sim -- xenstore-read domid       # prints 0
+  eval "$(trio-vchan sim --dir /tmp/host --background)"   # this shell is now domain 0
+  trio-vchan sim --stop                       # stop it again ($TRIO_VCHAN_SIM names it)
+  trio-vchan sim --dir /tmp/host              # a host in the foreground, until Ctrl-C
   trio-vchan sim --dir /tmp/host --destroy 2  # destroy its domain 2
   trio-vchan sim --destroy 2                  # inside a host: TRIO_VCHAN_SIM names it
 
-exit status (--destroy): 0 destroyed; 1 no such domain, domain 0, or no host there;
-2 a bad command line
+exit status: with COMMAND, COMMAND's (128+N if a signal N ended it; 127 it cannot be run);
+without, 0 when stopped by SIGINT or SIGTERM; --background: 0 the host runs; --stop: 0
+stopped; --destroy: 0 destroyed, 1 no such domain or domain 0; 1 no host running at DIR
+(--stop, --destroy) or the host failed; 2 a bad command line, or a DIR that cannot be used
 """
+
+#: How long COMMAND (after SIGTERM) and the rest of its group (after it ended) have before SIGKILL.
+GROUP_GRACE: Final = 2.0
+_POLL: Final = 0.05
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -66,11 +94,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--dir",
         metavar="DIR",
         help=(
-            "the host's directory (created, must be empty; default: a private temporary one); "
-            "with --destroy, the running host's (default: $TRIO_VCHAN_SIM)"
+            "the host's directory (created if absent, else it must be empty; default: a "
+            "private temporary one); with --stop or --destroy, the running host's (default: "
+            "$TRIO_VCHAN_SIM)"
         ),
     )
-    parser.add_argument(
+    actions = parser.add_mutually_exclusive_group()
+    actions.add_argument(
+        "--background",
+        action="store_true",
+        help="start the host detached and print `export` lines for `eval`, then exit",
+    )
+    actions.add_argument(
+        "--stop",
+        action="store_true",
+        help="stop the running host (SIGTERM) and wait until it has stopped",
+    )
+    actions.add_argument(
         "--destroy",
         metavar="DOMID",
         type=_destroy_domid,
@@ -98,10 +138,15 @@ async def destroy_domain(directory: str, domid: int) -> None:
         OSError: the host refused (``ESRCH``: no such domain; ``EINVAL``: domain 0), or there
             is no running host at ``directory``.
     """
+    await _control_request(directory, Op.DESTROY_DOMAIN, domid)
+
+
+async def _control_request(directory: str | os.PathLike[str], op: Op, domid: int) -> None:
+    """Send one domain request (``op`` on ``domid``) to the control socket of a host."""
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     with sock:
         await sock.connect(os.fspath(Path(directory) / "host"))
-        await sock.send(Request(Op.DESTROY_DOMAIN, (domid, 0, 0)).encode())
+        await sock.send(Request(op, (domid, 0, 0)).encode())
         data = await sock.recv(MESSAGE_MAX)
     if not data:
         raise OSError(errno.EPIPE, "the simulated host hung up")
@@ -111,6 +156,78 @@ async def destroy_domain(directory: str, domid: int) -> None:
         raise OSError(errno.EPROTO, f"the simulated host sent a bad reply: {exc}") from None
     if reply.status:
         raise OSError(reply.status, reply.message)
+
+
+def _host_pid(directory: str | os.PathLike[str]) -> int:
+    """The process that serves the host at ``directory`` (from its control socket's
+    credentials: the process that listens on it). Never blocks: a Unix socket connects at
+    once or fails.
+
+    Raises:
+        OSError: nothing serves ``directory/host`` (``ENOENT``, ``ECONNREFUSED``, ...), or
+            its backlog is full (``BlockingIOError``).
+    """
+    kind = socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+    with socket.socket(socket.AF_UNIX, kind) as sock:
+        sock.connect(os.fspath(Path(directory) / "host"))
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid: int = struct.unpack("3i", creds)[0]
+    return pid
+
+
+def _stale_hint(directory: str | os.PathLike[str], alternative: str = "") -> str:
+    return (
+        f"{directory} was left by a host that is no longer running; remove it "
+        f"(rm -r {shlex.quote(os.fspath(directory))}){alternative}"
+    )
+
+
+def _directory_problem(directory: Path) -> str | None:
+    """Why ``directory`` cannot become a host's directory (one line, saying what to do), or
+    ``None`` if it can: it does not exist (it will be created) or is an empty directory.
+
+    A directory whose ``host`` socket refuses connections was left by a host that was killed
+    (SIGKILL: no chance to clean up). It is reported rather than taken over: nothing tells
+    a dead host's directory from one whose host is starting right now.
+    """
+    try:
+        mode = directory.stat().st_mode
+        if not stat.S_ISDIR(mode):
+            return f"{directory} exists and is not a directory; choose another --dir"
+        if not any(directory.iterdir()):
+            return None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot use {directory}: {exc.strerror or exc}; choose another --dir"
+    control = directory / "host"
+    if control.is_socket():
+        try:
+            _host_pid(directory)
+        except ConnectionRefusedError:
+            return _stale_hint(directory, " or choose another --dir")
+        except BlockingIOError:
+            pass  # a host is there, only busy
+        except OSError:
+            return f"{directory} is not empty; empty or remove it, or choose another --dir"
+        return (
+            f"a simulated host is already running at {directory}; stop it (trio-vchan "
+            f"sim --dir {shlex.quote(os.fspath(directory))} --stop) or choose another --dir"
+        )
+    return f"{directory} is not empty; empty or remove it, or choose another --dir"
+
+
+def _absolute(directory: str) -> Path:
+    return Path(directory).absolute()
+
+
+def _no_host_reason(directory: str, exc: OSError) -> str | None:
+    """Say why no host runs at ``directory``, if that is what ``exc`` means."""
+    if isinstance(exc, ConnectionRefusedError):
+        return _stale_hint(directory)
+    if exc.errno in (errno.ENOENT, errno.ENOTSOCK):
+        return f"no simulated host is running at {directory} ({exc.strerror or exc})"
+    return None
 
 
 async def _run_destroy(args: argparse.Namespace, command: list[str]) -> int:
@@ -132,6 +249,134 @@ async def _run_destroy(args: argparse.Namespace, command: list[str]) -> int:
     return 0
 
 
+async def _run_stop(args: argparse.Namespace, command: list[str]) -> int:
+    if command:
+        print("trio-vchan sim: --stop takes no COMMAND", file=sys.stderr)
+        return 2
+    directory = args.dir or os.environ.get(ENV_DIR)
+    if not directory:
+        print(f"trio-vchan sim: --stop needs --dir DIR or {ENV_DIR}", file=sys.stderr)
+        return 2
+    try:
+        pid = _host_pid(directory)
+        await _terminate_and_wait(pid)
+    except OSError as exc:
+        reason = _no_host_reason(directory, exc) or (exc.strerror or str(exc))
+        print(f"trio-vchan sim: cannot stop the host: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _terminate_and_wait(pid: int) -> None:
+    """Send SIGTERM to process ``pid`` (not our child) and wait until it has exited."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel): poll
+        os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            while True:
+                await trio.sleep(_POLL)
+                os.kill(pid, 0)
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)  # the pid cannot be reused meanwhile
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+def _command_domid() -> int:
+    """COMMAND's domain: ``TRIO_VCHAN_DOMID`` if set, else 0.
+
+    Raises:
+        ValueError: ``TRIO_VCHAN_DOMID`` is not a valid domain id.
+    """
+    text = os.environ.get(ENV_DOMID)
+    return parse_domid(text) if text else 0
+
+
+def _xen_environ(directory: str, domid: int) -> dict[str, str]:
+    """What a process of domain ``domid`` gets: ours, and Xen's tools' ``XENSTORED_PATH``."""
+    return {
+        ENV_DIR: directory,
+        ENV_DOMID: str(domid),
+        "XENSTORED_PATH": os.fspath(domain_dir(directory, domid) / "xenstore"),
+    }
+
+
+async def _run_background(args: argparse.Namespace, command: list[str]) -> int:
+    """Start ``trio-vchan sim [--dir DIR]`` detached (a session of its own, its output to a
+    pipe that only we read), wait for its ``TRIO_VCHAN_SIM=`` line, print the exports."""
+    if command:
+        print("trio-vchan sim: --background takes no COMMAND", file=sys.stderr)
+        return 2
+    try:
+        domid = _command_domid()
+    except ValueError as exc:
+        print(f"trio-vchan sim: {exc}", file=sys.stderr)
+        return 2
+    argv = [sys.executable, *(["-P"] if getattr(sys.flags, "safe_path", False) else [])]
+    argv += ["-m", "trio_vchan._sim_cli"]
+    if args.dir:
+        directory = _absolute(args.dir)
+        problem = _directory_problem(directory)
+        if problem:
+            print(f"trio-vchan sim: {problem}", file=sys.stderr)
+            return 2
+        argv += ["--dir", os.fspath(directory)]
+    process = await trio.lowlevel.open_process(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    prefix = f"{ENV_DIR}=".encode()
+    pending = b""
+    async with process.stdout:
+        while True:
+            chunk = await process.stdout.receive_some()
+            if not chunk:  # it exited without starting: pass on what it said
+                sys.stderr.write(pending.decode(errors="replace"))
+                return await process.wait() or 1
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                if line.startswith(prefix):
+                    return await _export(os.fsdecode(line[len(prefix) :]), domid)
+                sys.stderr.write(line.decode(errors="replace") + "\n")
+
+
+async def _export(directory: str, domid: int) -> int:
+    """Print the ``export`` lines for the background host at ``directory``."""
+    if domid:
+        try:
+            await _control_request(directory, Op.INTRODUCE_DOMAIN, domid)
+        except OSError as exc:
+            print(f"trio-vchan sim: cannot create domain {domid}: {exc}", file=sys.stderr)
+            return 1
+    for name, value in _xen_environ(directory, domid).items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
+async def _end_group(pgid: int) -> None:
+    """End what is left of process group ``pgid``: SIGTERM, then SIGKILL after a grace."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    with trio.move_on_after(GROUP_GRACE):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            while True:  # nothing tells us when processes we did not start exit: poll
+                await trio.sleep(_POLL)
+                os.killpg(pgid, 0)
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 async def run(args: argparse.Namespace) -> int:
     """Run the subcommand; return the exit status."""
     command: list[str] = list(args.command or [])
@@ -139,28 +384,63 @@ async def run(args: argparse.Namespace) -> int:
         command = command[1:]
     if args.destroy is not None:
         return await _run_destroy(args, command)
+    if args.stop:
+        return await _run_stop(args, command)
+    if args.background:
+        return await _run_background(args, command)
     domid = 0
-    if command and os.environ.get(ENV_DOMID):
+    if command:
         try:
-            domid = parse_domid(os.environ[ENV_DOMID])
+            domid = _command_domid()
         except ValueError as exc:
             print(f"trio-vchan sim: {exc}", file=sys.stderr)
             return 2
+    if args.dir:
+        problem = _directory_problem(_absolute(args.dir))
+        if problem:
+            print(f"trio-vchan sim: {problem}", file=sys.stderr)
+            return 2
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with SimulatedHost(args.dir) as host:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                host = await stack.enter_async_context(SimulatedHost(args.dir))
+            except (ValueError, OSError) as exc:
+                reason = str(exc) if isinstance(exc, ValueError) else (exc.strerror or str(exc))
+                if not args.dir:
+                    print(f"trio-vchan sim: cannot start a host: {reason}", file=sys.stderr)
+                    return 1
+                print(
+                    f"trio-vchan sim: cannot start a host in {args.dir}: {reason}; "
+                    "choose another --dir",
+                    file=sys.stderr,
+                )
+                return 2
             if not command:
                 print(f"{ENV_DIR}={host.directory}", flush=True)
                 async for _ in signals:
                     return 0
-            env = {**os.environ, **host.environ(domid)}
+            host.add_domain(domid)
+            env = {**os.environ, **_xen_environ(host.directory, domid)}
             async with trio.open_nursery() as nursery:
 
+                async def kill_group_later() -> None:
+                    await trio.sleep(GROUP_GRACE)
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(process.pid, signal.SIGKILL)
+
                 async def forward_signals() -> None:
+                    # To the whole group, as a terminal sends Ctrl-C to its foreground job.
+                    # SIGTERM asks the host to stop: a COMMAND that outlives the grace is killed.
                     async for signum in signals:
-                        process.send_signal(signum)
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.killpg(process.pid, signum)
+                        if signum == signal.SIGTERM:
+                            nursery.start_soon(kill_group_later)
 
                 try:
-                    process = await trio.lowlevel.open_process(command, env=env)
+                    process = await trio.lowlevel.open_process(
+                        command, env=env, start_new_session=True
+                    )
                 except OSError as exc:
                     print(f"trio-vchan sim: cannot run {command[0]!r}: {exc}", file=sys.stderr)
                     return 127
@@ -169,6 +449,8 @@ async def run(args: argparse.Namespace) -> int:
                     status = await process.wait()
                 finally:
                     nursery.cancel_scope.cancel()
+                    with trio.CancelScope(shield=True):
+                        await _end_group(process.pid)
             return 128 - status if status < 0 else status
     return 0  # unreachable: the signal iterator never ends
 

@@ -76,8 +76,6 @@ class VchanStream(trio.abc.Stream):
     :class:`trio_vchan.VchanListener`.
     """
 
-    __module__ = "trio_vchan"
-
     def __init__(
         self, endpoint: Endpoint, on_close: Callable[[], Awaitable[None]] | None = None
     ) -> None:

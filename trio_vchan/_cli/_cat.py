@@ -28,7 +28,13 @@ from ._platform import open_backend
 from ._progress import ProgressLine
 from ._signals import run_interruptible
 from ._status import CommandError, ExitStatus, describe
-from ._stdio import open_stdin, open_stdout, stderr_is_terminal, stdin_is_null
+from ._stdio import (
+    open_stdin,
+    open_stdout,
+    stderr_is_terminal,
+    stdin_is_null,
+    stdin_is_terminal,
+)
 from ._waiting import Wait, check_other_domain, waiting
 
 DESCRIPTION = """\
@@ -42,7 +48,9 @@ gives up.
 
 vchan has no half-close, so cat ends when either direction ends:
   - the peer closes the vchan: whatever it sent is written out, then cat exits (with
-    status 1 if standard input had supplied data but not ended: not all of it was sent);
+    status 1 if standard input had supplied data but not ended: not all of it was sent;
+    but a standard input that is a terminal is someone typing, for whom the peer's close
+    is the end of the conversation: cat says "the peer closed the vchan" and exits 0);
   - standard input ends: once all of it is in the vchan, cat closes the vchan (the peer
     still receives every byte) and exits. With --keep-open it instead goes on receiving
     until the peer closes. A standard input that is /dev/null (as a script's background
@@ -60,9 +68,10 @@ examples:
                            trio-vchan cat --domid 1 2 foo < foo; wait'
 
 exit status:
-  0    done: everything read was delivered
+  0    done: everything read was delivered, or the peer closed the vchan while
+       standard input was a terminal
   1    the vchan, the peer or the platform failed, or the peer closed the vchan after
-       standard input had supplied data and before it ended
+       standard input (not a terminal) had supplied data and before it ended
   2    bad command line, or DOMID is this domain
   124  --timeout ran out before the other domain was there
   130  interrupted (SIGINT, Ctrl-C); 143: SIGTERM. The vchan was closed cleanly.
@@ -151,6 +160,7 @@ async def _cat(args: argparse.Namespace) -> int:
     progress = ProgressLine(sys.stderr) if _wants_progress(args.progress) else None
     transfer = Transfer(observer=progress)
     nothing_to_send = stdin_is_null()
+    ending: Ending | ExitStatus = ExitStatus.OK
     with open_backend(args.domid) as backend:
         check_other_domain(backend.domid, args.peer)
         wait = Wait.between(backend.domid, args.peer, args.port, listening=args.listen)
@@ -164,10 +174,20 @@ async def _cat(args: argparse.Namespace) -> int:
                 async with open_stdout() as stdout:
                     if progress is not None:
                         progress.start()
-                    return await _copy(vchan, stdout, args, transfer, nothing_to_send)
+                    ending = await _copy(vchan, stdout, args, transfer, nothing_to_send)
         finally:
             if progress is not None:
                 progress.finish(transfer)
+    if isinstance(ending, ExitStatus):
+        return ending
+    if ending is Ending.PEER_CLOSED_DURING_INPUT:
+        # Unsent input matters in a pipe (a transfer cut short); at a terminal, the peer
+        # hanging up is how a conversation ends (as ssh's "Connection to ... closed.").
+        if not stdin_is_terminal():
+            raise CommandError("the peer closed the vchan before the end of stdin")
+        if notify is not None:
+            notify(Ending.PEER_CLOSED.value)
+    return ExitStatus.OK
 
 
 async def _copy(
@@ -176,7 +196,8 @@ async def _copy(
     args: argparse.Namespace,
     transfer: Transfer,
     nothing_to_send: bool,
-) -> int:
+) -> Ending | ExitStatus:
+    """Run the bridge; return how it ended, or OUTPUT_CLOSED (``| head`` had enough)."""
     stdin = None if nothing_to_send else open_stdin()
     try:
         ending = await bridge(
@@ -193,6 +214,4 @@ async def _copy(
     finally:
         if stdin is not None:
             stdin.close()
-    if ending is Ending.PEER_CLOSED_DURING_INPUT:
-        raise CommandError("the peer closed the vchan before the end of stdin")
-    return ExitStatus.OK
+    return ending

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -43,6 +43,23 @@ _SUBCOMMANDS: Final[dict[str, tuple[AddParser, Runner]]] = {
 }
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser, which reports an argument it does not know with its own usage.
+
+    argparse hands a subcommand's unknown arguments up to the top-level parser, whose error
+    shows ``trio-vchan [-h] [--version] COMMAND ...``: no help to someone who mistyped an
+    option of ``cat``.
+    """
+
+    def parse_known_args(  # type: ignore[override]  # one signature for typeshed's overloads
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        known, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return known, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``trio-vchan`` and all its subcommands."""
     parser = argparse.ArgumentParser(
@@ -52,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="subcommand", metavar="COMMAND", required=True, parser_class=_SubcommandParser
+    )
     for add_parser, _ in _SUBCOMMANDS.values():
         add_parser(subparsers)
     return parser

@@ -62,7 +62,7 @@ def buffer_size(text: str) -> int:
     digits = text[:-1] if scale > 1 else text
     if not digits.isascii() or not digits.isdigit():
         raise argparse.ArgumentTypeError(
-            f"a size is a number of bytes like 65536 or 64K, not {text!r}"
+            f"a size is a number of bytes up to 1M (1048576), like 65536 or 64K, not {text!r}"
         )
     try:
         return check_ring_size(int(digits) * scale, "the buffer size")

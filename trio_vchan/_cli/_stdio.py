@@ -49,6 +49,14 @@ def stdin_is_null() -> bool:
     return stat.S_ISCHR(here.st_mode) and here.st_rdev == null.st_rdev
 
 
+def stdin_is_terminal() -> bool:
+    """Whether standard input is a terminal: someone types, and a peer's close is the end."""
+    try:
+        return os.isatty(0)
+    except OSError:
+        return False
+
+
 def stderr_is_terminal() -> bool:
     """Whether standard error is a terminal (progress is shown by default then)."""
     try:

@@ -37,7 +37,6 @@ import logging
 import os
 import shutil
 import socket
-import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -606,7 +605,8 @@ class SimulatedHost:
 
     Args:
         directory: where to put the sockets. By default a fresh private temporary directory;
-            a given directory is created (mode 0700) if missing, and must be empty.
+            a given directory is created (mode 0700) if missing; an existing one must be
+            empty, and keeps its mode.
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
@@ -688,7 +688,7 @@ class SimulatedHost:
                     raise ValueError(
                         f"the simulated host's directory {path} must be empty or absent"
                     ) from None
-                os.chmod(path, stat.S_IRWXU)
+                # The caller's own directory keeps the mode the caller gave it.
             self._directory = path
         # Every socket path must fit in sun_path; check the longest one now.
         longest = self._directory / "domains" / "32751" / "xenstore"
