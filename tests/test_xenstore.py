@@ -869,8 +869,8 @@ async def test_batches_keep_their_order_and_report_each_error(
     perms = [Permission(Access.NONE, 1), Permission(Access.READ, 2)]
     home = "/local/domain/1/data"
     await client.write_many([(f"{home}/a", b"1", perms), (f"{home}/b", b"2", perms)])
-    assert await other.read_many([f"{home}/a", f"{home}/b"]) == [b"1", b"2"]
-    missing, present = await client.read_many([f"{home}/none", f"{home}/a"])
+    assert await other.read_together([f"{home}/a", f"{home}/b"]) == [b"1", b"2"]
+    missing, present = await client.read_together([f"{home}/none", f"{home}/a"])
     assert isinstance(missing, XenStoreError)
     assert missing.errno == errno.ENOENT
     assert present == b"1"

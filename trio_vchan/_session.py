@@ -212,35 +212,36 @@ class Session:
         self._users += 1
 
     def leave_unused(self) -> None:
-        """As :meth:`leave`, for a user that has not used XenStore yet (no await needed)."""
+        """As :meth:`leave`, for a user that has not used XenStore (nothing to await)."""
         self._users -= 1
         if not self._users:
-            self._forget()
-
-    def _forget(self) -> None:
-        if _sessions().get(self._key) is self:
-            del _sessions()[self._key]
-        if self._key is None and self._xenstore is None:
-            self.backend.close()
+            self._detach()
+            self._close_backend()
 
     async def leave(self) -> None:
         """One user less; the last one closes the XenStore connection (and a default backend)."""
         self._users -= 1
         if self._users:
             return
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        self._detach()  # first: a join meanwhile gets a fresh session, not this closing one
         xenstore, self._xenstore = self._xenstore, None
-        if _sessions().get(self._key) is self:
-            del _sessions()[self._key]
         try:
             if xenstore is not None:
                 with trio.CancelScope(shield=True):
                     await xenstore.aclose()
         finally:
-            if self._key is None:
-                self.backend.close()
+            self._close_backend()
+
+    def _detach(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        if _sessions().get(self._key) is self:
+            del _sessions()[self._key]
+
+    def _close_backend(self) -> None:
+        if self._key is None:  # ours: the default backend
+            self.backend.close()
 
 
 async def _domain_exists(xs: XenStoreClient, domid: int) -> bool:

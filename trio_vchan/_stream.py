@@ -192,7 +192,7 @@ class VchanStream(trio.abc.Stream):
             while True:
                 token = self._notifier.token()  # before looking: no lost wake-ups
                 data = self._try_receive(limit)
-                if data is None and (woke or self._peer_port_gone) and self._peer_port_closed():
+                if data is None and self._peer_port_closed(woke):
                     self._at_end = True  # gone without a word: as if it had exited
                     data = b""
                 if data is not None:
@@ -252,7 +252,7 @@ class VchanStream(trio.abc.Stream):
                         remaining = remaining[accepted:]
                         woke = False
                         continue
-                    if (woke or self._peer_port_gone) and self._peer_port_closed():
+                    if self._peer_port_closed(woke):
                         raise trio.BrokenResourceError("peer closed the vchan (its port is gone)")
                     woke = await self._wait_for(
                         token, self._ring.buffer_space, self._ring.request_space_notify
@@ -295,10 +295,11 @@ class VchanStream(trio.abc.Stream):
         self._peer_gone = PeerGoneError(f"domain {self.peer_domid} (the peer) was destroyed")
         self._notifier.interrupt()
 
-    def _peer_port_closed(self) -> bool:
-        """Whether the backend says the peer's end of our event channel has closed (for good:
-        asked again only until it has)."""
-        if not self._peer_port_gone:
+    def _peer_port_closed(self, woke: bool) -> bool:
+        """Whether the peer's end of our event channel has closed. The backend is asked only
+        after a wake-up that found nothing to do (it may be a platform request); once closed,
+        it stays closed."""
+        if woke and not self._peer_port_gone:
             self._peer_port_gone = self._guard(self._channel.status) is ChannelStatus.PEER_CLOSED
         return self._peer_port_gone
 
@@ -323,7 +324,7 @@ class VchanStream(trio.abc.Stream):
                 token = self._notifier.token()
                 if self.peer_live() is Live.EXITED or self.buffer_space > 0:
                     break
-                if (woke or self._peer_port_gone) and self._peer_port_closed():
+                if self._peer_port_closed(woke):
                     break
                 woke = await self._wait_for(
                     token, self._ring.buffer_space, self._ring.request_space_notify

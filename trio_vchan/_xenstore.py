@@ -51,7 +51,8 @@ _E = TypeVar("_E", bound=BaseException)
 
 _RECEIVE_SIZE = 65536
 #: How long sending one request may take (the store is not reading): then the client breaks.
-SEND_TIMEOUT: Final = 0.05
+#: (Only a store that stops reading its socket makes a send wait; a cancel waits for it.)
+SEND_TIMEOUT: Final = 1.0
 #: How long leaving :meth:`XenStoreClient.watching` waits for UNWATCH's reply.
 UNWATCH_TIMEOUT: Final = 0.05
 #: Unclaimed watch events kept for :meth:`XenStoreClient.next_watch_event`; older ones drop.
@@ -161,15 +162,6 @@ class XenStoreClient:
         validate_path(path)
         payload = path.encode() + b"\0" + bytes(value)
         await self._request(MessageType.WRITE, payload, tx, path)
-
-    async def read_many(self, paths: Sequence[str], *, tx: int = 0) -> list[bytes | XenStoreError]:
-        """Read every path in one round trip; each value, or the error reading it gave."""
-        for path in paths:
-            validate_path(path)
-        replies = await self._requests(
-            [(MessageType.READ, join_strings([path]), tx, path) for path in paths]
-        )
-        return [r if isinstance(r, XenStoreError) else r.payload for r in replies]
 
     async def read_together(self, paths: Sequence[str]) -> list[bytes | XenStoreError]:
         """Read every path as of one moment: in a transaction, committed (a commit that
@@ -434,20 +426,21 @@ class XenStoreClient:
                 messages.append(Message(type, req_ids[-1], tx, payload).encode())
             await trio.lowlevel.checkpoint_if_cancelled()  # a cancel before sending is clean
             self._outstanding.update(req_ids)  # before sending: a reply may be read at once
-            # Half a message would leave the stream out of step: the send is shielded, for as
-            # long as a store that reads its socket needs to take a message.
-            with trio.CancelScope(shield=True) as sending:
-                sending.deadline = trio.current_time() + SEND_TIMEOUT
-                try:
-                    for message in messages:  # one per write: /dev/xen/xenbus drops the rest
+            # Half a message would leave the stream out of step: each send is shielded, for as
+            # long as a store that reads its socket needs to take a message (the time counts
+            # from each message: a write to /dev/xen/xenbus may itself take a while).
+            for message in messages:  # one per write: /dev/xen/xenbus drops the rest
+                with trio.CancelScope(shield=True) as sending:
+                    sending.deadline = trio.current_time() + SEND_TIMEOUT
+                    try:
                         await self._stream.send_all(message)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise self._stream_failed(exc) from exc
-            if sending.cancelled_caught:
-                self._broken = trio.BrokenResourceError(
-                    f"XenStore took no request for {SEND_TIMEOUT} s"
-                )
-                raise self._broken
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        raise self._stream_failed(exc) from exc
+                if sending.cancelled_caught:
+                    self._broken = trio.BrokenResourceError(
+                        f"XenStore took no request for {SEND_TIMEOUT} s"
+                    )
+                    raise self._broken
         replies: list[Message | XenStoreError] = []
         try:
             for req_id, (type, _, _, what) in zip(req_ids, requests, strict=True):
