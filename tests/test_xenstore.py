@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from trio_vchan._errors import ProtocolError, XenStoreError
 from trio_vchan._sim import _xenstored
 from trio_vchan._sim._xenstored import XenStoreServer
-from trio_vchan._xenstore import EVENT_QUEUE_MAX, WatchEvent, XenStoreClient
+from trio_vchan._xenstore import EVENT_QUEUE_MAX, OUTSTANDING_MAX, WatchEvent, XenStoreClient
 from trio_vchan._xs_wire import (
     PAYLOAD_MAX,
     Access,
@@ -942,4 +942,27 @@ async def test_read_together_reads_again_when_the_commit_conflicts() -> None:
             else:
                 await reply(end, MessageType.TRANSACTION_END, b"OK\0")
     assert results == [[b"new", b"new"]]
+    await client.aclose()
+
+
+async def test_a_client_keeps_few_requests_out_at_once() -> None:
+    """Many tasks sharing a client: at most OUTSTANDING_MAX requests await replies at once,
+    so a store never holds a pile of unread replies for it (one that would drop it)."""
+    client_stream, store_stream = trio.testing.memory_stream_pair()
+    client, store = XenStoreClient(client_stream), RawConnection(store_stream)
+    async with trio.open_nursery() as nursery:
+        for n in range(3 * OUTSTANDING_MAX):
+            nursery.start_soon(client.read, f"/k{n}")
+        await trio.testing.wait_all_tasks_blocked()
+        pending = [await next_request(store) for _ in range(OUTSTANDING_MAX)]
+        with trio.move_on_after(0.1):
+            extra = await store.receive()
+            pytest.fail(f"{extra} went out with {OUTSTANDING_MAX} already out")
+        answered = 0
+        while answered < 3 * OUTSTANDING_MAX:
+            request = pending.pop(0)
+            await store.send(MessageType.READ, b"v", req_id=request.req_id)
+            answered += 1
+            if answered <= 2 * OUTSTANDING_MAX:
+                pending.append(await next_request(store))  # one in, one out
     await client.aclose()

@@ -53,6 +53,8 @@ _RECEIVE_SIZE = 65536
 #: How long sending one request may take (the store is not reading): then the client breaks.
 #: (Only a store that stops reading its socket makes a send wait; a cancel waits for it.)
 SEND_TIMEOUT: Final = 1.0
+#: Requests one client keeps out at once (see :meth:`XenStoreClient._make_room`).
+OUTSTANDING_MAX: Final = 16
 #: How long leaving :meth:`XenStoreClient.watching` waits for UNWATCH's reply.
 UNWATCH_TIMEOUT: Final = 0.05
 #: Unclaimed watch events kept for :meth:`XenStoreClient.next_watch_event`; older ones drop.
@@ -418,6 +420,8 @@ class XenStoreClient:
             self._check_usable()
             if any(type in _ALONE for type, _, _, _ in requests):
                 await self._drain()
+            else:
+                await self._make_room(len(requests))
             req_ids = []
             messages = []
             for type, payload, tx, _ in requests:
@@ -463,6 +467,21 @@ class XenStoreClient:
         never has two requests out; we send those two only when nothing else is.
         """
         await self._receive_until(lambda: None if self._outstanding or self._abandoned else True)
+
+    async def _make_room(self, count: int) -> None:
+        """Wait until ``count`` more requests keep at most :data:`OUTSTANDING_MAX` out.
+
+        A store holds the replies a client has not read yet: C xenstored stops reading a
+        domain's requests at 20 outstanding, and drops a connection whose replies pile up, as
+        the simulated one does at 1024. A thousand listeners sharing one connection would.
+        """
+
+        def room() -> bool | None:
+            out = len(self._outstanding) + len(self._abandoned)
+            return True if out + count <= OUTSTANDING_MAX or not out else None
+
+        if room() is None:  # (the common case waits for nothing: no checkpoint)
+            await self._receive_until(room)
 
     async def _reply_to(self, req_id: int) -> Message:
         reply = await self._receive_until(lambda: self._replies.pop(req_id, None))
