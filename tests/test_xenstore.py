@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
@@ -966,3 +968,25 @@ async def test_a_client_keeps_few_requests_out_at_once() -> None:
             if answered <= 2 * OUTSTANDING_MAX:
                 pending.append(await next_request(store))  # one in, one out
     await client.aclose()
+
+
+async def test_over_a_file_descriptor_one_request_at_a_time() -> None:
+    """Over a file descriptor (Linux's /dev/xen/xenbus, whose driver sends from the buffer the
+    next write reuses), the next request goes out only once the last one has its reply."""
+    ours, theirs = socket.socketpair()
+    client = XenStoreClient(trio.lowlevel.FdStream(os.dup(ours.fileno())))
+    ours.close()
+    store = RawConnection(trio.SocketStream(trio.socket.from_stdlib_socket(theirs)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.write_many, [("/a", b"1", [Permission(Access.NONE, 0)])])
+        write = await next_request(store)
+        assert write.type == MessageType.WRITE
+        with trio.move_on_after(0.1):
+            early = await store.receive()
+            pytest.fail(f"{early} went out before the WRITE's reply")
+        await store.send(MessageType.WRITE, b"OK\0", req_id=write.req_id)
+        perms = await next_request(store)
+        assert perms.type == MessageType.SET_PERMS
+        await store.send(MessageType.SET_PERMS, b"OK\0", req_id=perms.req_id)
+    await client.aclose()
+    await store.stream.aclose()

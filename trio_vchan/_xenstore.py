@@ -120,6 +120,13 @@ class XenStoreClient:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
+        # A file descriptor here is Linux's /dev/xen/xenbus (the daemon and the simulated
+        # host are sockets), whose driver sends a request out of the buffer that the next
+        # write fills: a second request before the first one's reply can rewrite it in
+        # flight (seen on real Xen: a WRITE's value replaced by the next SET_PERMS's bytes).
+        # So there, as libxenstore does, one request at a time.
+        one_at_a_time = isinstance(stream, trio.lowlevel.FdStream)
+        self._outstanding_max = 1 if one_at_a_time else OUTSTANDING_MAX
         self._decoder = MessageDecoder()
         self._request_lock = trio.Lock()
         self._next_req_id = 1
@@ -416,6 +423,11 @@ class XenStoreClient:
                 raise XenStoreError(errno.E2BIG, f"{type.name} {what}")
             if not 0 <= tx < 2**32:
                 raise ValueError(f"tx must be a transaction id or 0, not {tx!r}")
+        if len(requests) > self._outstanding_max:  # one by one, then
+            replies: list[Message | XenStoreError] = []
+            for request in requests:
+                replies += await self._requests([request])
+            return replies
         async with self._request_lock:  # only the send is exclusive...
             self._check_usable()
             if any(type in _ALONE for type, _, _, _ in requests):
@@ -445,7 +457,7 @@ class XenStoreClient:
                         f"XenStore took no request for {SEND_TIMEOUT} s"
                     )
                     raise self._broken
-        replies: list[Message | XenStoreError] = []
+        replies = []
         try:
             for req_id, (type, _, _, what) in zip(req_ids, requests, strict=True):
                 replies.append(self._checked(type, what, await self._reply_to(req_id)))
@@ -474,11 +486,12 @@ class XenStoreClient:
         A store holds the replies a client has not read yet: C xenstored stops reading a
         domain's requests at 20 outstanding, and drops a connection whose replies pile up, as
         the simulated one does at 1024. A thousand listeners sharing one connection would.
+        (On /dev/xen/xenbus the bound is 1: see ``__init__``.)
         """
 
         def room() -> bool | None:
             out = len(self._outstanding) + len(self._abandoned)
-            return True if out + count <= OUTSTANDING_MAX or not out else None
+            return True if out + count <= self._outstanding_max or not out else None
 
         if room() is None:  # (the common case waits for nothing: no checkpoint)
             await self._receive_until(room)
