@@ -71,6 +71,17 @@ async def test_runs_until_terminated(tmp_path: Path) -> None:
     assert not where.exists()
 
 
+async def receive_until(stream: trio.abc.ReceiveStream, end: bytes, early: str) -> bytes:
+    """What ``stream`` gives up to ``end`` (within TIMEOUT); ``early`` if it ends first."""
+    received = b""
+    with trio.fail_after(TIMEOUT):
+        while not received.endswith(end):
+            chunk = await stream.receive_some()
+            assert chunk, early
+            received += chunk
+    return received
+
+
 @asynccontextmanager
 async def running_host(where: Path) -> AsyncIterator[bytes]:
     """Run ``trio-vchan sim --dir where`` until the block ends (then SIGTERM it, and check it
@@ -80,13 +91,7 @@ async def running_host(where: Path) -> AsyncIterator[bytes]:
     )
     assert process.stdout is not None
     try:
-        line = b""
-        with trio.fail_after(TIMEOUT):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some()
-                assert chunk, "the host exited early"
-                line += chunk
-        yield line
+        yield await receive_until(process.stdout, b"\n", "the host exited early")
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(TIMEOUT):
             assert await process.wait() == 0
@@ -211,12 +216,7 @@ async def start_host(where: Path) -> trio.Process:
     )
     assert process.stdout is not None
     async with process.stdout:
-        line = b""
-        with trio.fail_after(TIMEOUT):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some()
-                assert chunk, "the host exited early"
-                line += chunk
+        await receive_until(process.stdout, b"\n", "the host exited early")
     return process
 
 
@@ -390,12 +390,8 @@ async def test_background_jobs_end_with_the_host() -> None:
     assert process.stdout is not None
     try:
         async with process.stdout:
-            output = b""
+            output = await receive_until(process.stdout, b"started\n", "the command ended early")
             with trio.fail_after(TIMEOUT):
-                while not output.endswith(b"started\n"):
-                    chunk = await process.stdout.receive_some()
-                    assert chunk, "the command ended early"
-                    output += chunk
                 process.send_signal(signal.SIGTERM)
                 assert await process.wait() == 128 + signal.SIGTERM  # sh's own end
                 while chunk := await process.stdout.receive_some():  # the job's end, too

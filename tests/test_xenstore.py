@@ -887,6 +887,13 @@ async def next_request(store: RawConnection) -> Message:
     return request
 
 
+async def nothing_sent(store: RawConnection, when: str) -> None:
+    """Fail if the client sends anything within 0.1 s."""
+    with trio.move_on_after(0.1):
+        early = await store.receive()
+        pytest.fail(f"{early} went out {when}")
+
+
 async def test_watch_waits_until_no_reply_is_outstanding() -> None:
     """Linux's xenbus device hangs on a WATCH sent while a reply is outstanding: the client
     sends WATCH (and UNWATCH) only once every earlier request has its reply."""
@@ -898,9 +905,7 @@ async def test_watch_waits_until_no_reply_is_outstanding() -> None:
         assert read.type == MessageType.READ
         nursery.start_soon(client.watch, "/w", "tok")
         await trio.testing.wait_all_tasks_blocked()
-        with trio.move_on_after(0.1):
-            early = await store.receive()
-            pytest.fail(f"{early} went out before the READ's reply")
+        await nothing_sent(store, "before the READ's reply")
         await store.send(MessageType.READ, b"v", req_id=read.req_id)
         watch = await next_request(store)
         assert watch.type == MessageType.WATCH
@@ -957,9 +962,7 @@ async def test_a_client_keeps_few_requests_out_at_once() -> None:
             nursery.start_soon(client.read, f"/k{n}")
         await trio.testing.wait_all_tasks_blocked()
         pending = [await next_request(store) for _ in range(OUTSTANDING_MAX)]
-        with trio.move_on_after(0.1):
-            extra = await store.receive()
-            pytest.fail(f"{extra} went out with {OUTSTANDING_MAX} already out")
+        await nothing_sent(store, f"with {OUTSTANDING_MAX} already out")
         answered = 0
         while answered < 3 * OUTSTANDING_MAX:
             request = pending.pop(0)
@@ -981,9 +984,7 @@ async def test_over_a_file_descriptor_one_request_at_a_time() -> None:
         nursery.start_soon(client.write_many, [("/a", b"1", [Permission(Access.NONE, 0)])])
         write = await next_request(store)
         assert write.type == MessageType.WRITE
-        with trio.move_on_after(0.1):
-            early = await store.receive()
-            pytest.fail(f"{early} went out before the WRITE's reply")
+        await nothing_sent(store, "before the WRITE's reply")
         await store.send(MessageType.WRITE, b"OK\0", req_id=write.req_id)
         perms = await next_request(store)
         assert perms.type == MessageType.SET_PERMS

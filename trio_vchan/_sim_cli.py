@@ -230,13 +230,20 @@ def _no_host_reason(directory: str, exc: OSError) -> str | None:
     return None
 
 
-async def _run_destroy(args: argparse.Namespace, command: list[str]) -> int:
+def _running_host_dir(option: str, args: argparse.Namespace, command: list[str]) -> str | None:
+    """The directory an option acting on a running host names; None (said why) if none."""
     if command:
-        print("trio-vchan sim: --destroy takes no COMMAND", file=sys.stderr)
-        return 2
-    directory = args.dir or os.environ.get(ENV_DIR)
+        print(f"trio-vchan sim: {option} takes no COMMAND", file=sys.stderr)
+        return None
+    directory: str | None = args.dir or os.environ.get(ENV_DIR)
     if not directory:
-        print(f"trio-vchan sim: --destroy needs --dir DIR or {ENV_DIR}", file=sys.stderr)
+        print(f"trio-vchan sim: {option} needs --dir DIR or {ENV_DIR}", file=sys.stderr)
+    return directory
+
+
+async def _run_destroy(args: argparse.Namespace, command: list[str]) -> int:
+    directory = _running_host_dir("--destroy", args, command)
+    if directory is None:
         return 2
     try:
         await destroy_domain(directory, args.destroy)
@@ -250,12 +257,8 @@ async def _run_destroy(args: argparse.Namespace, command: list[str]) -> int:
 
 
 async def _run_stop(args: argparse.Namespace, command: list[str]) -> int:
-    if command:
-        print("trio-vchan sim: --stop takes no COMMAND", file=sys.stderr)
-        return 2
-    directory = args.dir or os.environ.get(ENV_DIR)
-    if not directory:
-        print(f"trio-vchan sim: --stop needs --dir DIR or {ENV_DIR}", file=sys.stderr)
+    directory = _running_host_dir("--stop", args, command)
+    if directory is None:
         return 2
     try:
         pid = _host_pid(directory)
