@@ -1,9 +1,19 @@
-"""cffi builder for ``trio_vchan._native``: what Python cannot do safely on shared memory.
+"""cffi builder for ``trio_vchan._native``: the ring's steps, on shared memory, in C.
 
 Python has no atomic read-modify-write on a byte and no memory barriers, and a peer in another
-process (or domain) changes the shared page at any moment. These few C functions give the ring
-core acquire loads, release stores, atomic fetch-or/fetch-and and the three barriers, with the
-same meaning as libxenvchan's ``xen_mb``/``xen_rmb``/``xen_wmb``.
+process (or domain) changes the shared page at any moment. So each step of the data path is one
+C call over a ``struct vchan_end`` (this side's private copy of its indices and the offsets of
+its role), with libxenvchan's orderings (``xen_mb``/``xen_rmb``/``xen_wmb``):
+
+* ``vchan_send`` and ``vchan_receive``: the peer's live byte, the peer's index (loaded once and
+  checked), the copy, our index published, the notify decision; one call per step.
+* ``vchan_peek``/``vchan_consume`` and ``vchan_commit``: the same steps split around a copy done
+  by the caller (into a new ``bytes``, or between the ring and a file descriptor).
+* ``vchan_request_data``/``vchan_request_space``: ask the peer for an event, then look again.
+
+Every shared-memory access is preceded by ``STEP(VCHAN_STEP_ACCESS)``, which compiles to nothing
+here; the interleaving checker (tests/test_interleavings.py) compiles this same source with
+``STEP`` calling back into Python, so that it explores the shipped code step by step.
 """
 
 from __future__ import annotations
@@ -23,104 +33,230 @@ assert _VERSION is not None, "trio_vchan/_version.py has no version"
 VERSION = _VERSION.group(1)
 
 CDEF = """
+struct vchan_end {
+    uint8_t *page;
+    uint8_t *read_ring;
+    uint8_t *write_ring;
+    uint32_t read_size;
+    uint32_t write_size;
+    uint32_t cons;
+    uint32_t prod;
+    uint16_t read_prod, read_cons, write_prod, write_cons;
+    uint16_t own_notify, peer_notify, own_live, peer_live;
+    uint8_t max_peer_live;
+};
+
 const char *trio_vchan_native_version(void);
 uint32_t vchan_load_acquire_u32(const uint8_t *base, size_t offset);
 void vchan_store_release_u32(uint8_t *base, size_t offset, uint32_t value);
-uint16_t vchan_load_u16(const uint8_t *base, size_t offset);
 uint8_t vchan_load_u8(const uint8_t *base, size_t offset);
 void vchan_store_u8(uint8_t *base, size_t offset, uint8_t value);
 uint8_t vchan_fetch_or_u8(uint8_t *base, size_t offset, uint8_t bits);
 uint8_t vchan_fetch_and_u8(uint8_t *base, size_t offset, uint8_t bits);
 void vchan_full_barrier(void);
-void vchan_read_barrier(void);
-void vchan_write_barrier(void);
-int64_t vchan_ring_write(uint8_t *page, uint8_t *ring, uint32_t size, uint32_t prod,
-                         size_t prod_offset, size_t cons_offset, size_t notify_offset,
-                         const uint8_t *src, size_t length);
-int vchan_ring_consumed(uint8_t *page, size_t cons_offset, uint32_t cons, size_t notify_offset);
+
+int64_t vchan_send(struct vchan_end *end, const char *src, size_t length, int whole);
+int64_t vchan_receive(struct vchan_end *end, uint8_t *dst, size_t max);
+int64_t vchan_peek(struct vchan_end *end);
+int vchan_consume(struct vchan_end *end, uint32_t count);
+int64_t vchan_space(struct vchan_end *end);
+int vchan_commit(struct vchan_end *end, uint32_t count);
+int64_t vchan_request_data(struct vchan_end *end);
+int64_t vchan_request_space(struct vchan_end *end);
 """
 
-SOURCE = (
-    f'#define TRIO_VCHAN_NATIVE_VERSION "{VERSION}"\n'
-    + r"""
+#: The body, shared by the shipped module and the checker's stepping build (which defines STEP).
+SOURCE_BODY = r"""
 #include <stdint.h>
 #include <stddef.h>
-
-const char *trio_vchan_native_version(void) { return TRIO_VCHAN_NATIVE_VERSION; }
-
-/* Shared indices are naturally aligned (offsets 0..15 of a page-aligned mapping), so
-   the __atomic builtins compile to plain aligned moves plus the ordering we ask for. */
-uint32_t vchan_load_acquire_u32(const uint8_t *base, size_t offset) {
-    return __atomic_load_n((const uint32_t *)(base + offset), __ATOMIC_ACQUIRE);
-}
-void vchan_store_release_u32(uint8_t *base, size_t offset, uint32_t value) {
-    __atomic_store_n((uint32_t *)(base + offset), value, __ATOMIC_RELEASE);
-}
-uint16_t vchan_load_u16(const uint8_t *base, size_t offset) {
-    return __atomic_load_n((const uint16_t *)(base + offset), __ATOMIC_RELAXED);
-}
-uint8_t vchan_load_u8(const uint8_t *base, size_t offset) {
-    return __atomic_load_n(base + offset, __ATOMIC_ACQUIRE);
-}
-void vchan_store_u8(uint8_t *base, size_t offset, uint8_t value) {
-    __atomic_store_n(base + offset, value, __ATOMIC_RELEASE);
-}
-uint8_t vchan_fetch_or_u8(uint8_t *base, size_t offset, uint8_t bits) {
-    return __atomic_fetch_or(base + offset, bits, __ATOMIC_SEQ_CST);
-}
-uint8_t vchan_fetch_and_u8(uint8_t *base, size_t offset, uint8_t bits) {
-    return __atomic_fetch_and(base + offset, bits, __ATOMIC_SEQ_CST);
-}
-void vchan_full_barrier(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-void vchan_read_barrier(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
-void vchan_write_barrier(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
-
 #include <string.h>
+
+#ifndef STEP
+#define STEP(what) ((void)0)
+#endif
+#define VCHAN_STEP_ACCESS 0     /* about to touch the shared page: a scheduling point */
+#define VCHAN_STEP_PUBLISHED 1  /* an index is published; the notify decision is next */
+#define VCHAN_STEP_QUIET 2      /* the step ends without an event to send */
 
 #define VCHAN_NOTIFY_WRITE 1
 #define VCHAN_NOTIFY_READ 2
 
-/* Take our own notify bit: after a full barrier (our index update is visible before we
-   decide), atomically clear the bit; true if the peer had asked to be told. */
-static int take_notify(uint8_t *page, size_t notify_offset, uint8_t bit) {
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    return (__atomic_fetch_and(page + notify_offset, (uint8_t)~bit, __ATOMIC_SEQ_CST) & bit) != 0;
+struct vchan_end {
+    uint8_t *page;
+    uint8_t *read_ring;
+    uint8_t *write_ring;
+    uint32_t read_size;
+    uint32_t write_size;
+    uint32_t cons;  /* our consumer index on the ring we read: private, never read back */
+    uint32_t prod;  /* our producer index on the ring we write: private, never read back */
+    uint16_t read_prod, read_cons, write_prod, write_cons;
+    uint16_t own_notify, peer_notify, own_live, peer_live;
+    uint8_t max_peer_live;  /* 2 where the peer may still be "waiting" (a client), else 1 */
+};
+
+/* Results of the steps: (count << 9) | (the peer's live byte << 1) | notify, or, when the peer's
+   index claims more than a ring's worth in flight (a protocol violation; nothing was touched),
+   -1 - that amount. */
+#define RESULT(count, live, notify) (((int64_t)(count) << 9) | ((int64_t)(live) << 1) | (notify))
+
+/* Shared indices are naturally aligned (offsets 0..15 of a page-aligned mapping), so the
+   __atomic builtins compile to plain aligned moves plus the ordering we ask for. */
+uint32_t vchan_load_acquire_u32(const uint8_t *base, size_t offset) {
+    STEP(VCHAN_STEP_ACCESS);
+    return __atomic_load_n((const uint32_t *)(base + offset), __ATOMIC_ACQUIRE);
+}
+void vchan_store_release_u32(uint8_t *base, size_t offset, uint32_t value) {
+    STEP(VCHAN_STEP_ACCESS);
+    __atomic_store_n((uint32_t *)(base + offset), value, __ATOMIC_RELEASE);
+}
+uint8_t vchan_load_u8(const uint8_t *base, size_t offset) {
+    STEP(VCHAN_STEP_ACCESS);
+    return __atomic_load_n(base + offset, __ATOMIC_ACQUIRE);
+}
+void vchan_store_u8(uint8_t *base, size_t offset, uint8_t value) {
+    STEP(VCHAN_STEP_ACCESS);
+    __atomic_store_n(base + offset, value, __ATOMIC_RELEASE);
+    STEP(VCHAN_STEP_PUBLISHED);
+}
+uint8_t vchan_fetch_or_u8(uint8_t *base, size_t offset, uint8_t bits) {
+    STEP(VCHAN_STEP_ACCESS);
+    return __atomic_fetch_or(base + offset, bits, __ATOMIC_SEQ_CST);
+}
+uint8_t vchan_fetch_and_u8(uint8_t *base, size_t offset, uint8_t bits) {
+    STEP(VCHAN_STEP_ACCESS);
+    return __atomic_fetch_and(base + offset, bits, __ATOMIC_SEQ_CST);
+}
+void vchan_full_barrier(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+/* The peer's live byte, read before its index: "exited and nothing in the ring" then means
+   every byte written before the close was seen. */
+static uint8_t peer_live(const struct vchan_end *end) {
+    return vchan_load_u8(end->page, end->peer_live);
 }
 
-/* One whole write, the hot path of send_all (measured: one call instead of five halves the
-   per-write cost). Loads the peer's cons once (acquire: the data copy cannot start before it),
-   copies what fits with wrap-around, publishes prod (release: data before index), then takes
-   the notify bit. Returns (count << 1) | notify, or -1 - used when the peer's cons claims more
-   than a ring's worth is in flight: a protocol violation, and nothing was touched. */
-int64_t vchan_ring_write(uint8_t *page, uint8_t *ring, uint32_t size, uint32_t prod,
-                         size_t prod_offset, size_t cons_offset, size_t notify_offset,
-                         const uint8_t *src, size_t length) {
-    uint32_t cons = __atomic_load_n((const uint32_t *)(page + cons_offset), __ATOMIC_ACQUIRE);
-    uint32_t used = prod - cons;
-    if (used > size)
+/* Publish one of our indices (release: the data copy before it), then take our own notify bit:
+   after a full barrier (the index is visible before we decide), atomically clear it; true if the
+   peer had asked to be told. */
+static int publish(struct vchan_end *end, uint16_t index, uint32_t value, uint8_t bit) {
+    vchan_store_release_u32(end->page, index, value);
+    STEP(VCHAN_STEP_PUBLISHED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    int notify = (vchan_fetch_and_u8(end->page, end->own_notify, (uint8_t)~bit) & bit) != 0;
+    if (!notify)
+        STEP(VCHAN_STEP_QUIET);
+    return notify;
+}
+
+/* Bytes in flight on the ring we write, checked; -1 - used if the peer's cons is impossible. */
+static int64_t space(struct vchan_end *end) {
+    uint32_t used = end->prod - vchan_load_acquire_u32(end->page, end->write_cons);
+    if (used > end->write_size)
         return -1 - (int64_t)used;
-    size_t count = size - used;
-    if (count > length)
-        count = length;
-    if (count == 0)
-        return 0;
-    uint32_t start = prod & (size - 1);
-    size_t first = size - start;
+    return end->write_size - used;
+}
+
+/* Bytes waiting in the ring we read, checked; -1 - ready if the peer's prod is impossible. */
+static int64_t ready(struct vchan_end *end) {
+    uint32_t ready = vchan_load_acquire_u32(end->page, end->read_prod) - end->cons;
+    if (ready > end->read_size)
+        return -1 - (int64_t)ready;
+    return ready;
+}
+
+/* Write what fits of src (with whole: all of it or nothing). Nothing is written to a peer whose
+   live byte says it is gone (0) or is not a live value; the result carries the byte. */
+int64_t vchan_send(struct vchan_end *end, const char *src, size_t length, int whole) {
+    uint8_t live = peer_live(end);
+    if (live == 0 || live > end->max_peer_live)
+        return RESULT(0, live, 0);
+    int64_t room = space(end);
+    if (room < 0)
+        return room;
+    size_t count = (size_t)room < length ? (size_t)room : length;
+    if (count == 0 || (whole && count < length))
+        return RESULT(0, live, 0);
+    uint32_t start = end->prod & (end->write_size - 1);
+    size_t first = end->write_size - start;
     if (first > count)
         first = count;
-    memcpy(ring + start, src, first);
-    memcpy(ring, src + first, count - first);
-    __atomic_store_n((uint32_t *)(page + prod_offset), prod + (uint32_t)count, __ATOMIC_RELEASE);
-    return ((int64_t)count << 1) | take_notify(page, notify_offset, VCHAN_NOTIFY_WRITE);
+    memcpy(end->write_ring + start, src, first);
+    memcpy(end->write_ring, src + first, count - first);
+    end->prod += (uint32_t)count;
+    return RESULT(count, live, publish(end, end->write_prod, end->prod, VCHAN_NOTIFY_WRITE));
 }
 
-/* After copying data out: full barrier (finish reading before the peer may overwrite), publish
-   our new cons, then take the notify bit. Returns whether to notify the peer. */
-int vchan_ring_consumed(uint8_t *page, size_t cons_offset, uint32_t cons, size_t notify_offset) {
+/* Copy up to max waiting bytes into dst and consume them. */
+int64_t vchan_receive(struct vchan_end *end, uint8_t *dst, size_t max) {
+    uint8_t live = peer_live(end);
+    int64_t waiting = ready(end);
+    if (waiting < 0)
+        return waiting;
+    size_t count = (size_t)waiting < max ? (size_t)waiting : max;
+    if (count == 0)
+        return RESULT(0, live, 0);
+    uint32_t start = end->cons & (end->read_size - 1);
+    size_t first = end->read_size - start;
+    if (first > count)
+        first = count;
+    memcpy(dst, end->read_ring + start, first);
+    memcpy(dst + first, end->read_ring, count - first);
+    /* Full barrier: finish reading the data before the peer may overwrite it. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    __atomic_store_n((uint32_t *)(page + cons_offset), cons, __ATOMIC_RELEASE);
-    return take_notify(page, notify_offset, VCHAN_NOTIFY_READ);
+    end->cons += (uint32_t)count;
+    return RESULT(count, live, publish(end, end->read_cons, end->cons, VCHAN_NOTIFY_READ));
 }
+
+/* The peer's live byte and how much is waiting, for a caller that copies the data itself
+   (from read_ring at cons) and then calls vchan_consume. */
+int64_t vchan_peek(struct vchan_end *end) {
+    uint8_t live = peer_live(end);
+    int64_t waiting = ready(end);
+    return waiting < 0 ? waiting : RESULT(waiting, live, 0);
+}
+
+/* After the caller copied count bytes out (count <= what vchan_peek said): publish, decide. */
+int vchan_consume(struct vchan_end *end, uint32_t count) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    end->cons += count;
+    return publish(end, end->read_cons, end->cons, VCHAN_NOTIFY_READ);
+}
+
+/* The peer's live byte and the free space, for a caller that copies into write_ring at prod
+   itself and then calls vchan_commit. */
+int64_t vchan_space(struct vchan_end *end) {
+    uint8_t live = peer_live(end);
+    int64_t room = space(end);
+    return room < 0 ? room : RESULT(room, live, 0);
+}
+
+/* After the caller copied count bytes in (count <= what vchan_space said): publish, decide. */
+int vchan_commit(struct vchan_end *end, uint32_t count) {
+    end->prod += count;
+    return publish(end, end->write_prod, end->prod, VCHAN_NOTIFY_WRITE);
+}
+
+/* Ask the peer for an event when it writes (sets WRITE in its notify byte), then look again
+   (the seq-cst fetch-or is a full barrier): data that arrived in between would otherwise never be
+   announced. Returns what is waiting now, as ready() does. */
+int64_t vchan_request_data(struct vchan_end *end) {
+    vchan_fetch_or_u8(end->page, end->peer_notify, VCHAN_NOTIFY_WRITE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return ready(end);
+}
+
+/* The same for space: READ in the peer's notify byte, then look at its cons again. */
+int64_t vchan_request_space(struct vchan_end *end) {
+    vchan_fetch_or_u8(end->page, end->peer_notify, VCHAN_NOTIFY_READ);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return space(end);
+}
+"""
+
+SOURCE = (
+    f'#define TRIO_VCHAN_NATIVE_VERSION "{VERSION}"\n'
+    + SOURCE_BODY
+    + r"""
+const char *trio_vchan_native_version(void) { return TRIO_VCHAN_NATIVE_VERSION; }
 """
 )
 

@@ -44,6 +44,8 @@ def make_pair(orders: RingOrders, start_index: int = 0) -> RingPair:
     page[SRV_LIVE] = Live.CONNECTED
     page[CLI_NOTIFY] = NotifyBit.WRITE
     left, right = _ring(page, orders.left), _ring(page, orders.right)
-    server = RingEndpoint(page, left, right, Role.SERVER)
-    client = RingEndpoint(page, right, left, Role.CLIENT)
+    # Each side its own views, as each process has its own mapping: releasing one side's views
+    # must not depend on the other side's.
+    server = RingEndpoint(page, left[:], right[:], Role.SERVER)
+    client = RingEndpoint(page, right[:], left[:], Role.CLIENT)
     return RingPair(page, left, right, server, client)

@@ -1,31 +1,35 @@
 """Every interleaving of the two sides' shared-memory steps, for small rings (a model checker).
 
-Both sides run the stream's real algorithms over real RingEndpoints in two threads, but only one
-thread moves at a time: every access to the shared page (each call into ``_native``) is a
-scheduling point, and a controller decides who takes the next step. A depth-first search then
-replays the run with every alternative choice, as a stateless model checker does, bounded by
-the number of preemptions (switching away from a side that could have continued), which is
-what makes the search finite and still finds the races that need few preemptions
-(the lost wake-ups and the data lost at close found in libxenvchan by talex5/spec-vchan need
-two). Checked in every run: no lost wake-up (both sides asleep with work pending), every byte
-delivered once and in order, end of stream only after the last byte.
+Both sides are real VchanStreams over real RingEndpoints, each in its own thread and its own
+trio.run, but only one thread moves at a time: the shipped C steps, compiled with a hook before
+every access to the shared page (tests/stepping_native.py), make each access a scheduling point,
+and a controller decides who takes the next step. Only the event channel is a model: a pending
+flag per side, set by ``notify()``, consumed by a wait. A depth-first search replays the run with
+every alternative choice, as a stateless model checker does, bounded by the number of preemptions
+(switching away from a side that could have continued), which is what makes the search finite and
+still finds the races that need few preemptions (the lost wake-ups and the data lost at close
+found in libxenvchan by talex5/spec-vchan need two). Checked in every run: no lost wake-up (both
+sides asleep with work pending), every byte delivered once and in order, end of stream only after
+the last byte.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
 import pytest
+import stepping_native
+import trio
 from ring_pairs import make_pair
 
-import trio_vchan._ring
-from trio_vchan._layout import Live, RingOrders
+from trio_vchan._backend import ChannelStatus
+from trio_vchan._handshake import Endpoint
+from trio_vchan._layout import Live, RingOrders, Role
 from trio_vchan._ring import RingEndpoint
+from trio_vchan._stream import VchanStream
 
 PREEMPTION_BOUND = int(os.environ.get("TRIO_VCHAN_INTERLEAVING_BOUND", "3"))
 
@@ -43,6 +47,7 @@ class _Worker:
     event: bool = False  # a pending event-channel notification (coalescing, like Xen's)
     satisfiable: Callable[[], bool] = lambda: False
     deciding: bool = False
+    released: bool = False  # its endpoint (and so its port) is gone
     error: BaseException | None = None
     thread: threading.Thread | None = None
 
@@ -61,17 +66,30 @@ class Controller:
 
     # -- called from the workers ------------------------------------------------------------------
 
-    def point(self) -> None:
+    def step(self, kind: int) -> None:
+        """The hook of the C steps (it must not raise: it returns into C)."""
         worker: _Worker | None = getattr(self.local, "worker", None)
         if worker is None or self.checking:
             return  # the controller itself (setup), or an invariant check: not a step
+        if kind == stepping_native.PUBLISHED:
+            worker.deciding = True  # an index is out; the notify decision is still to come
+        elif kind == stepping_native.QUIET:
+            worker.deciding = False
+        else:
+            self.point()
+
+    def point(self) -> None:
+        worker: _Worker = self.local.worker
+        if self.aborting:
+            return  # run freely to the next wait, which ends the worker
         self.back.release()
         worker.go.acquire()
-        if self.aborting:
-            raise _Deadlock
 
     def notify(self, target: int) -> None:
         self.workers[target].event = True
+        worker: _Worker | None = getattr(self.local, "worker", None)
+        if worker is not None:
+            worker.deciding = False
 
     def wait_event(self, satisfiable: Callable[[], bool]) -> None:
         """Sleep until an event arrives; ``satisfiable`` says whether the wait could end now."""
@@ -79,23 +97,10 @@ class Controller:
         worker.satisfiable = satisfiable
         worker.waiting_for_event = True
         self.point()
+        if self.aborting:
+            raise _Deadlock
         worker.event = False
         worker.waiting_for_event = False
-
-    def published(self) -> None:
-        """The calling side changed an index or live byte and has yet to decide on the event."""
-        worker: _Worker | None = getattr(self.local, "worker", None)
-        if worker is not None:
-            worker.deciding = True
-
-    @contextlib.contextmanager
-    def operation(self) -> Iterator[None]:
-        """A read, write or close together with the event it may send."""
-        worker: _Worker = self.local.worker
-        try:
-            yield
-        finally:
-            worker.deciding = False
 
     def check_no_lost_wake_up(self) -> None:
         """After every step: a sleeping side whose wait is satisfiable has an event pending,
@@ -118,6 +123,7 @@ class Controller:
         for body in bodies:
             worker = _Worker(body)
             self.workers.append(worker)
+        for worker in self.workers:
             worker.thread = threading.Thread(target=self._run, args=(worker,), daemon=True)
             worker.thread.start()
             self.back.acquire()  # the worker parks at its first point
@@ -159,12 +165,11 @@ class Controller:
             current = chosen
             self.workers[chosen].go.release()
             self.back.acquire()
-            if not self.aborting:
-                try:
-                    self.check_no_lost_wake_up()
-                except AssertionError:
-                    self._abort()
-                    raise
+            try:
+                self.check_no_lost_wake_up()
+            except AssertionError:
+                self._abort()
+                raise
             error = self.workers[chosen].error
             if error is not None:
                 self._abort()
@@ -177,107 +182,124 @@ class Controller:
                 worker.go.release()
         for worker in self.workers:
             assert worker.thread is not None
-            worker.thread.join()
+            worker.thread.join(10)
+            assert not worker.thread.is_alive(), "a worker did not stop after the abort"
 
 
-class _SteppingLib:
-    """The native library, with a scheduling point before every shared-memory access.
-
-    The two compound operations (a whole write; publishing a read) are replayed here as the
-    sequence of primitive steps their C code performs, in the same order, so that the search
-    interleaves the other side between them: that is where lost wake-ups hide.
-    """
-
-    def __init__(self, real: Any, controller: Controller) -> None:
-        self._real = real
-        self._controller = controller
-
-    def __getattr__(self, name: str) -> Any:
-        function = getattr(self._real, name)
-
-        def step(*args: Any) -> Any:
-            self._controller.point()
-            return function(*args)
-
-        return step
-
-    def _take_notify(self, page: Any, notify_offset: int, bit: int) -> int:
-        self.vchan_full_barrier()
-        previous: int = self.vchan_fetch_and_u8(page, notify_offset, ~bit & 0xFF)
-        return int(previous & bit != 0)
-
-    def vchan_ring_write(
-        self,
-        page: Any,
-        ring: Any,
-        size: int,
-        prod: int,
-        prod_offset: int,
-        cons_offset: int,
-        notify_offset: int,
-        src: Any,
-        length: int,
-    ) -> int:
-        cons: int = self.vchan_load_acquire_u32(page, cons_offset)
-        used = (prod - cons) & 0xFFFFFFFF
-        if used > size:
-            return -1 - used
-        count = min(size - used, length)
-        if count == 0:
-            return 0
-        start = prod & (size - 1)
-        first = min(size - start, count)
-        ffi = trio_vchan._native.ffi
-        ffi.memmove(ring + start, src, first)
-        ffi.memmove(ring, src + first, count - first)
-        self.vchan_store_release_u32(page, prod_offset, (prod + count) & 0xFFFFFFFF)
-        self._controller.published()
-        return (count << 1) | self._take_notify(page, notify_offset, 1)
-
-    def vchan_ring_consumed(
-        self, page: Any, cons_offset: int, cons: int, notify_offset: int
-    ) -> int:
-        self.vchan_full_barrier()
-        self.vchan_store_release_u32(page, cons_offset, cons)
-        self._controller.published()
-        return self._take_notify(page, notify_offset, 2)
+# -- the event channel, the one modelled part ----------------------------------------------------
 
 
-# -- the two sides, as the stream drives them ---------------------------------------------------
+@attrs.define
+class _Channel:
+    """One side's port: ``notify()`` sets the peer's pending flag; the port's status follows the
+    peer's release, as EVTCHN_STATUS does."""
+
+    ctl: Controller
+    me: int
+    peer: int
+
+    @property
+    def port(self) -> int:
+        return self.me + 1
+
+    def notify(self) -> None:
+        self.ctl.notify(self.peer)
+
+    def consume(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return -1
+
+    def status(self) -> ChannelStatus:
+        released = self.ctl.workers[self.peer].released
+        return ChannelStatus.PEER_CLOSED if released else ChannelStatus.CONNECTED
+
+    def close(self) -> None:
+        self.ctl.workers[self.me].released = True
 
 
-def sender(ring: RingEndpoint, data: bytes, chunk: int, ctl: Controller, peer: int) -> None:
-    view = memoryview(data)
-    while view:
-        with ctl.operation():
-            result = ring.write(view[:chunk])
-            if result.notify_peer:
-                ctl.notify(peer)
-        view = view[result.accepted :]
-        if view and not result.accepted and not ring.request_space_notify():
-            ctl.wait_event(lambda: ring.buffer_space() > 0)
-    with ctl.operation():
-        ring.set_live(Live.EXITED)  # close: live byte to 0, then always notify
-        ctl.published()
-        ctl.point()
-        ctl.notify(peer)
+@attrs.define
+class _Notifier:
+    """The stream's Notifier over the modelled channel: a wait sleeps in the controller until
+    this side's pending flag is set, then consumes it."""
+
+    ctl: Controller
+    satisfiable: Callable[[], bool]
+    generation: int = 0
+
+    def token(self) -> int:
+        return self.generation
+
+    async def wait(self, after: int) -> bool:
+        if self.generation != after:
+            return False
+        self.ctl.wait_event(self.satisfiable)
+        self.generation += 1
+        return True
+
+    def interrupt(self) -> None:
+        self.generation += 1
+
+    def close(self) -> None:
+        pass
 
 
-def receiver(
-    ring: RingEndpoint, out: bytearray, max_bytes: int, ctl: Controller, peer: int
-) -> None:
+def _stream(ctl: Controller, ring: RingEndpoint, me: int, needs: int) -> VchanStream:
+    """A stream whose waits need ``needs`` bytes of data (0: it waits for space only)."""
+    endpoint = Endpoint(ring.role, ring, _Channel(ctl, me, 1 - me), [], "/interleavings", 0)
+    stream = VchanStream(endpoint)
+
+    def satisfiable() -> bool:
+        if not needs:
+            return ring.buffer_space() > 0
+        return ring.data_ready() >= needs or ring.peer_live() is Live.EXITED
+
+    stream._notifier = _Notifier(ctl, satisfiable)  # type: ignore[assignment]
+    return stream
+
+
+# -- the two sides, as a user drives the streams -------------------------------------------------
+
+
+async def send_all_then_close(stream: VchanStream, data: bytes, chunk: int) -> None:
+    for start in range(0, len(data), chunk):
+        await stream.send_all(data[start : start + chunk])
+    await stream.aclose()
+
+
+async def send_nowait_then_close(stream: VchanStream, data: bytes, chunk: int) -> None:
+    for start in range(0, len(data), chunk):
+        message = data[start : start + chunk]
+        try:
+            stream.send_nowait(message)
+        except trio.WouldBlock:
+            await stream.send_all(message)
+    await stream.aclose()
+
+
+async def receive_some(stream: VchanStream, out: bytearray, chunk: int) -> None:
+    while data := await stream.receive_some(chunk):
+        out += data
+
+
+async def receive_into(stream: VchanStream, out: bytearray, chunk: int) -> None:
+    buffer = bytearray(chunk)
+    while count := await stream.receive_into(buffer):
+        out += buffer[:count]
+
+
+async def receive_exactly(stream: VchanStream, out: bytearray, chunk: int) -> None:
     while True:
-        exited = ring.peer_live() is Live.EXITED  # before the ring: no data lost at close
-        with ctl.operation():
-            result = ring.read(max_bytes)
-            if result.notify_peer:
-                ctl.notify(peer)
-        if result.data:
-            out += result.data
-        elif exited:
+        try:
+            out += await stream.receive_exactly(chunk)
+        except EOFError as end:
+            out += end.partial  # type: ignore[attr-defined]
             return
-        elif not ring.request_data_notify():
-            ctl.wait_event(lambda: ring.data_ready() > 0)
+
+
+Sender = Callable[[VchanStream, bytes, int], Awaitable[None]]
+Receiver = Callable[[VchanStream, bytearray, int], Awaitable[None]]
 
 
 @attrs.frozen
@@ -286,32 +308,58 @@ class Scenario:
     payload: int
     write_chunk: int
     read_chunk: int
+    sender: Sender = send_all_then_close
+    receiver: Receiver = receive_some
+    bound: int = PREEMPTION_BOUND
 
 
-SCENARIOS = [
+SCENARIOS = {
     # a ring that must fill up, wait for space and wrap around
-    Scenario(RingOrders(10, 11), payload=1500, write_chunk=1500, read_chunk=700),
+    "fill-and-wrap": Scenario(RingOrders(10, 11), payload=1500, write_chunk=1500, read_chunk=700),
     # many small writes and reads: many notify decisions
-    Scenario(RingOrders(10, 11), payload=1100, write_chunk=400, read_chunk=1024),
-]
+    "small-writes": Scenario(RingOrders(10, 11), payload=1100, write_chunk=400, read_chunk=1024),
+    # whole messages each way, and a receiver that waits for a count rather than any data
+    "messages": Scenario(
+        RingOrders(10, 11),
+        payload=1000,
+        write_chunk=300,
+        read_chunk=300,
+        sender=send_nowait_then_close,
+        receiver=receive_exactly,
+        bound=min(PREEMPTION_BOUND, 2),
+    ),
+    "receive-into": Scenario(
+        RingOrders(10, 11),
+        payload=1300,
+        write_chunk=700,
+        read_chunk=500,
+        receiver=receive_into,
+        bound=min(PREEMPTION_BOUND, 2),
+    ),
+}
 
 
 def run_once(
     monkeypatch: pytest.MonkeyPatch, scenario: Scenario, schedule: list[int]
 ) -> Controller:
-    pair = make_pair(scenario.orders)
     ctl = Controller(schedule)
-    monkeypatch.setattr(trio_vchan._ring, "lib", _SteppingLib(trio_vchan._native.lib, ctl))
-    payload = bytes(i % 251 for i in range(scenario.payload))
-    received = bytearray()
-    ctl.start(
-        [
-            lambda: sender(pair.client, payload, scenario.write_chunk, ctl, 1),
-            lambda: receiver(pair.server, received, scenario.read_chunk, ctl, 0),
-        ]
-    )
-    ctl.run()
+    with stepping_native.use(monkeypatch, ctl.step):
+        pair = make_pair(scenario.orders)
+        # worker 0 is the client (it sends), worker 1 the server (it receives)
+        sender = _stream(ctl, pair.client, 0, needs=0)
+        exact = scenario.receiver is receive_exactly
+        receiver = _stream(ctl, pair.server, 1, needs=scenario.read_chunk if exact else 1)
+        payload = bytes(i % 251 for i in range(scenario.payload))
+        received = bytearray()
+        ctl.start(
+            [
+                lambda: trio.run(scenario.sender, sender, payload, scenario.write_chunk),
+                lambda: trio.run(scenario.receiver, receiver, received, scenario.read_chunk),
+            ]
+        )
+        ctl.run()
     assert bytes(received) == payload, f"schedule {ctl.choices} lost or reordered data"
+    assert pair.server.role is Role.SERVER
     return ctl
 
 
@@ -340,10 +388,22 @@ def explore(monkeypatch: pytest.MonkeyPatch, scenario: Scenario, bound: int) -> 
                 preemptions += 1
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=["fill-and-wrap", "small-writes"])
+@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
 def test_every_interleaving_up_to_the_preemption_bound(
     monkeypatch: pytest.MonkeyPatch, scenario: Scenario
 ) -> None:
-    lengths = list(explore(monkeypatch, scenario, PREEMPTION_BOUND))
+    lengths = list(explore(monkeypatch, scenario, scenario.bound))
     print(f"{len(lengths)} schedules, up to {max(lengths)} steps each")
     assert len(lengths) > 100  # the search really branched
+
+
+def test_the_checker_sees_every_access_of_the_c_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook really runs inside the shipped steps: one send is its four accesses (the peer's
+    live byte, its cons, our prod, our notify byte)."""
+    kinds: list[int] = []
+    with stepping_native.use(monkeypatch, kinds.append):
+        pair = make_pair(RingOrders(10, 11))
+        kinds.clear()
+        pair.client.write(b"abc")
+    assert kinds.count(stepping_native.ACCESS) == 4
+    assert stepping_native.PUBLISHED in kinds

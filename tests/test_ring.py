@@ -4,13 +4,13 @@ from collections import deque
 from typing import Any
 
 import pytest
+import stepping_native
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from ring_pairs import RingPair, make_pair
 from sans_io import assert_imports_without_trio
 
-import trio_vchan._ring
 from trio_vchan import ProtocolError
 from trio_vchan._layout import (
     CLI_LIVE,
@@ -61,19 +61,19 @@ def test_round_trip_with_wrap_and_notify_bits() -> None:
 
 def test_request_notify_reports_data_that_raced_in() -> None:
     pair = make_pair(RingOrders(12, 12))
-    assert pair.server.request_data_notify() is False
+    assert pair.server.request_data_notify() == 0
     assert put(pair.client, b"hello").notify_peer is True
-    assert pair.server.request_data_notify() is True
+    assert pair.server.request_data_notify() == 5
     assert pair.server.read(100).data == b"hello"
 
 
 def test_space_notify_after_a_full_ring() -> None:
     pair = make_pair(RingOrders(10, 11))
     assert put(pair.server, b"a" * 5000).accepted == 2048
-    assert pair.server.request_space_notify() is False
+    assert pair.server.request_space_notify() == 0
     result = pair.client.read(10)
     assert result.notify_peer is True
-    assert pair.server.request_space_notify() is True
+    assert pair.server.request_space_notify() == 10
 
 
 def test_indices_wrap_at_2_to_the_32() -> None:
@@ -129,41 +129,34 @@ def test_live_states() -> None:
     assert pair.server.peer_live() is Live.EXITED
 
 
-class _HostileAfter:
-    """Forwards to the native library, but corrupts the page after the n-th index load."""
-
-    def __init__(self, page: memoryview, loads_before: int, offset: int, value: int) -> None:
-        self._lib = trio_vchan._ring.lib
-        self._page, self._left, self._offset, self._value = page, loads_before, offset, value
-
-    def vchan_load_acquire_u32(self, base: Any, offset: int) -> int:
-        value = self._lib.vchan_load_acquire_u32(base, offset)
-        self._left -= 1
-        if self._left == 0:
-            set_u32(self._page, self._offset, self._value)
-        return value
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._lib, name)
-
-
-@pytest.mark.parametrize("loads_before", [1, 2])
-def test_index_changed_between_reads_is_caught_on_the_next_read(
-    monkeypatch: pytest.MonkeyPatch, loads_before: int
+@pytest.mark.parametrize("accesses_before", [1, 2, 3])
+def test_an_index_changed_between_steps_is_caught(
+    monkeypatch: pytest.MonkeyPatch, accesses_before: int
 ) -> None:
-    pair = make_pair(RingOrders(10, 11))
-    put(pair.client, b"abc")
-    hostile = _HostileAfter(pair.page, loads_before, LEFT_PROD, 10**6)
-    monkeypatch.setattr(trio_vchan._ring, "lib", hostile)
-    # Whatever value each read saw, the decision used one consistent value and any bad one raised.
-    results: list[object] = []
-    for _ in range(3):
-        try:
-            results.append(pair.server.request_data_notify())
-        except ProtocolError:
-            results.append(ProtocolError)
+    """The peer moves its prod to an impossible value in the middle of our C steps (after the
+    n-th shared access): each decision used one consistent value, and the bad one raised."""
+    accesses = 0
+    armed = False
+
+    def step(kind: int) -> None:
+        nonlocal accesses
+        if armed and kind == stepping_native.ACCESS:
+            accesses += 1
+            if accesses == accesses_before:
+                set_u32(pair.page, LEFT_PROD, 10**6)
+
+    with stepping_native.use(monkeypatch, step):
+        pair = make_pair(RingOrders(10, 11))
+        put(pair.client, b"abc")
+        armed = True
+        results: list[object] = []
+        for _ in range(3):
+            try:
+                results.append(pair.server.request_data_notify())
+            except ProtocolError:
+                results.append(ProtocolError)
     assert ProtocolError in results
-    assert all(r in (True, ProtocolError) for r in results)
+    assert all(r in (3, ProtocolError) for r in results)
 
 
 def test_rings_must_be_power_of_two_views() -> None:

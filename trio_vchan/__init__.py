@@ -30,6 +30,7 @@ from ._api import serve as serve
 from ._api import serve_vchan as serve_vchan
 from ._backend import Backend as Backend
 from ._errors import BackendUnavailableError as BackendUnavailableError
+from ._errors import IncompleteReceiveError as IncompleteReceiveError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import XenStoreError as XenStoreError
 from ._layout import Live as Live
@@ -40,6 +41,7 @@ from ._version import __version__ as __version__
 __all__ = [
     "Backend",
     "BackendUnavailableError",
+    "IncompleteReceiveError",
     "Live",
     "PeerGoneError",
     "ProtocolError",

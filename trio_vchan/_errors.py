@@ -23,3 +23,19 @@ class XenStoreError(OSError):
 
 class BackendUnavailableError(RuntimeError):
     """No platform to run a vchan on: neither a simulated host nor Xen's devices were found."""
+
+
+class IncompleteReceiveError(EOFError):
+    """The stream ended before :meth:`~trio_vchan.VchanStream.receive_exactly` had every byte.
+
+    Nothing is lost: :attr:`partial` holds the bytes that did arrive.
+    """
+
+    def __init__(self, partial: bytes | bytearray, expected: int) -> None:
+        super().__init__(
+            f"the vchan's peer closed after {len(partial)} of the {expected} bytes asked for"
+        )
+        #: The bytes that arrived before the end of stream.
+        self.partial = partial
+        #: How many bytes were asked for.
+        self.expected = expected

@@ -52,7 +52,6 @@ from ._errors import ProtocolError
 from ._layout import (
     CLI_LIVE,
     CLI_NOTIFY,
-    INDEX_MASK,
     LEFT_CONS,
     LEFT_PROD,
     MAX_RING_SIZE,
@@ -63,11 +62,22 @@ from ._layout import (
     SRV_LIVE,
     SRV_NOTIFY,
     Live,
-    NotifyBit,
     Role,
 )
+from ._version import __version__
 
-lib = _native.lib  # module attribute, so that tests can interpose on shared-memory accesses
+if _native.ffi.string(_native.lib.trio_vchan_native_version()).decode() != __version__:
+    raise ImportError(
+        f"trio_vchan's native part ({_native.__file__}) was built for version"
+        f" {_native.ffi.string(_native.lib.trio_vchan_native_version()).decode()}, but this is"
+        f" trio_vchan {__version__}: reinstall the package (`pip install .`, or `pip install -e .`"
+        " in a clone) so that it is rebuilt"
+    )
+
+# Module attributes, so that tests can run the same code over an instrumented build of the C
+# steps (tests/test_interleavings.py); each RingEndpoint keeps the pair it was made with.
+ffi = _native.ffi
+lib = _native.lib
 
 
 # NamedTuples rather than attrs classes: these are built on every read and write (measured:
@@ -75,16 +85,24 @@ lib = _native.lib  # module attribute, so that tests can interpose on shared-mem
 class ReadResult(NamedTuple):
     data: bytes | bytearray
     notify_peer: bool  # the peer asked to hear when we consume: send it an event
+    peer_live: Live  # the peer's live byte, read before the ring
+
+
+class ReadIntoResult(NamedTuple):
+    nbytes: int
+    notify_peer: bool
+    peer_live: Live
 
 
 class WriteResult(NamedTuple):
     accepted: int
     notify_peer: bool  # the peer asked to hear when we write: send it an event
+    peer_live: Live  # the peer's live byte, read before writing; nothing is written past EXITED
 
 
 _LIVE_VALUES = tuple(Live)
-_NO_WRITE = WriteResult(0, notify_peer=False)
-_NO_READ = ReadResult(b"", notify_peer=False)
+_new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__
+_LIVE_FIELD = 0xFF  # bits 1..8 of a step's result
 
 
 @attrs.frozen
@@ -138,121 +156,174 @@ class RingEndpoint:
         if len(page) != PAGE_SIZE or page.readonly:
             raise ValueError(f"page must be a writable {PAGE_SIZE}-byte buffer")
         self.role = role
-        self._read_ring = read_ring
-        self._write_ring = write_ring
         self.read_size: int = _check_ring(read_ring, "read_ring")
         self.write_size: int = _check_ring(write_ring, "write_ring")
         if write_ring.readonly:
             raise ValueError("write_ring must be writable")
-        self._at = _OFFSETS[role]
-        self._page = _native.ffi.from_buffer("uint8_t[]", page, require_writable=True)
-        self._write_ring_ptr = _native.ffi.from_buffer(
-            "uint8_t[]", write_ring, require_writable=True
-        )
+        self._ffi, self._lib = ffi, lib
+        self._read_ring = read_ring
+        self._write_ring = write_ring
+        self._pointers = [
+            ffi.from_buffer("uint8_t[]", view, require_writable=writable)
+            for view, writable in ((page, True), (read_ring, False), (write_ring, True))
+        ]
+        at = _OFFSETS[role]
+        end = self._end = ffi.new("struct vchan_end *")
+        end.page, end.read_ring, end.write_ring = self._pointers
+        end.read_size, end.write_size = self.read_size, self.write_size
+        end.read_prod, end.read_cons = at.read_prod, at.read_cons
+        end.write_prod, end.write_cons = at.write_prod, at.write_cons
+        end.own_notify, end.peer_notify = at.own_notify, at.peer_notify
+        end.own_live, end.peer_live = at.own_live, at.peer_live
+        # A client's live byte is WAITING until it connects; the server's never is.
+        end.max_peer_live = Live.WAITING if role is Role.SERVER else Live.CONNECTED
         # Our own indices: read once here (the server may have written before we connected),
         # then only ever written.
-        self._cons = lib.vchan_load_acquire_u32(self._page, self._at.read_cons)
-        self._prod = lib.vchan_load_acquire_u32(self._page, self._at.write_prod)
+        end.cons = lib.vchan_load_acquire_u32(self._pointers[0], at.read_cons)
+        end.prod = lib.vchan_load_acquire_u32(self._pointers[0], at.write_prod)
 
     def release(self) -> None:
         """Drop every view of the shared memory, so that its owner can unmap it."""
-        _native.ffi.release(self._page)
-        _native.ffi.release(self._write_ring_ptr)
+        for pointer in self._pointers:
+            self._ffi.release(pointer)
         self._read_ring.release()
         self._write_ring.release()
 
-    # -- reading -------------------------------------------------------------------------------
+    # -- the results of the C steps ------------------------------------------------------------
 
-    def _ready(self) -> int:
-        prod = lib.vchan_load_acquire_u32(self._page, self._at.read_prod)
-        ready = (prod - self._cons) & INDEX_MASK
-        if ready > self.read_size:
-            raise ProtocolError(f"producer is {ready} bytes ahead of a {self.read_size}-byte ring")
+    def _live(self, result: int) -> Live:
+        value = (result >> 1) & _LIVE_FIELD
+        if value == Live.CONNECTED:  # the common case, first
+            return Live.CONNECTED
+        if value > self._end.max_peer_live:
+            raise ProtocolError(f"the peer's live byte is {value}, not 0 or 1")
+        return _LIVE_VALUES[value]
+
+    def _unpack_read(self, result: int) -> int:
+        return self._checked_ready(result) >> 9
+
+    def _unpack_write(self, result: int) -> int:
+        return self._checked_space(result) >> 9
+
+    def _checked_ready(self, ready: int) -> int:
+        if ready < 0:
+            raise ProtocolError(
+                f"producer is {-1 - ready} bytes ahead of a {self.read_size}-byte ring"
+            )
         return ready
+
+    def _checked_space(self, space: int) -> int:
+        if space < 0:
+            raise ProtocolError(
+                f"producer is {-1 - space} bytes ahead of a {self.write_size}-byte ring"
+                " (the peer moved our ring's consumer index backwards or past the producer)"
+            )
+        return space
+
+    # -- reading -------------------------------------------------------------------------------
 
     def data_ready(self) -> int:
         """Bytes waiting to be read (the peer's ``prod`` read once and checked)."""
-        return self._ready()
+        return self._unpack_read(self._lib.vchan_peek(self._end))
 
     def read(self, max_bytes: int) -> ReadResult:
-        """Consume up to ``max_bytes`` (at least 1) bytes; empty if nothing is there."""
-        count = min(self._ready(), max_bytes)  # acquire load of prod: data reads come after it
+        """Consume up to ``max_bytes`` (at least 1) bytes into a new object; empty if none."""
+        result = self._lib.vchan_peek(self._end)
+        count = min(self._unpack_read(result), max_bytes)
+        live = self._live(result)
         if count == 0:
-            return _NO_READ
-        start = self._cons & (self.read_size - 1)
-        first = min(count, self.read_size - start)
+            return ReadResult(b"", False, live)
+        size = self.read_size
+        start = self._end.cons & (size - 1)
         ring = self._read_ring
-        if first == count:
+        if start + count <= size:
             data: bytes | bytearray = bytes(ring[start : start + count])
         else:  # wraps around the end of the ring
+            first = size - start
             data = bytearray(count)
             data[:first] = ring[start:]
             data[first:] = ring[: count - first]
-        self._cons = (self._cons + count) & INDEX_MASK
-        # Full barrier, cons store, then the notify bit: see vchan_ring_consumed.
-        notify = lib.vchan_ring_consumed(
-            self._page, self._at.read_cons, self._cons, self._at.own_notify
-        )
-        return ReadResult(data, bool(notify))
+        notify = self._lib.vchan_consume(self._end, count)  # barrier, cons, then the notify bit
+        return _new_tuple(ReadResult, (data, bool(notify), live))
 
-    def request_data_notify(self) -> bool:
-        """Ask the peer for an event when it writes; True if data arrived meanwhile."""
-        lib.vchan_fetch_or_u8(self._page, self._at.peer_notify, NotifyBit.WRITE)
-        # Full barrier (inside the seq-cst fetch-or too): post the request before re-reading prod.
-        lib.vchan_full_barrier()
-        return self._ready() > 0
+    def read_into(self, buffer: memoryview) -> ReadIntoResult:
+        """Consume up to ``len(buffer)`` bytes into ``buffer`` (writable, byte format)."""
+        with self._ffi.from_buffer(buffer, require_writable=True) as target:
+            result = self._lib.vchan_receive(self._end, target, len(buffer))
+        count = self._unpack_read(result)
+        return _new_tuple(ReadIntoResult, (count, bool(result & 1), self._live(result)))
+
+    def readable(self) -> tuple[list[memoryview], Live]:
+        """Views of the waiting data (two where it wraps), for a caller that copies it out
+        itself (to a file, say) and then calls :meth:`consume` with how much it took.
+
+        The peer must not change this data until it is consumed; a hostile one can, which
+        changes only what we deliver, never where we read.
+        """
+        result = self._lib.vchan_peek(self._end)
+        count = self._unpack_read(result)
+        live = self._live(result)
+        start = self._end.cons & (self.read_size - 1)
+        first = min(count, self.read_size - start)
+        views = [self._read_ring[start : start + first]] if count else []
+        if count > first:
+            views.append(self._read_ring[: count - first])
+        return views, live
+
+    def consume(self, count: int) -> bool:
+        """Publish that ``count`` bytes of :meth:`readable`'s views were taken; returns whether
+        to notify the peer."""
+        return bool(self._lib.vchan_consume(self._end, count))
+
+    def request_data_notify(self) -> int:
+        """Ask the peer for an event when it writes; returns the bytes waiting now (data that
+        arrived meanwhile would not be announced)."""
+        return self._checked_ready(self._lib.vchan_request_data(self._end))
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _space(self) -> int:
-        cons = lib.vchan_load_acquire_u32(self._page, self._at.write_cons)
-        used = (self._prod - cons) & INDEX_MASK
-        if used > self.write_size:
-            raise self._overrun(used)
-        return self.write_size - used
-
-    def _overrun(self, used: int) -> ProtocolError:
-        return ProtocolError(
-            f"producer is {used} bytes ahead of a {self.write_size}-byte ring"
-            " (the peer moved our ring's consumer index backwards or past the producer)"
-        )
-
     def buffer_space(self) -> int:
         """Bytes that can be written now (the peer's ``cons`` read once and checked)."""
-        return self._space()
+        return self._unpack_write(self._lib.vchan_space(self._end))
 
-    def write(self, data: memoryview) -> WriteResult:
-        """Copy as much of ``data`` (a byte-format memoryview) as fits into the ring."""
-        if not data:
-            return _NO_WRITE
-        # One native call loads cons once, copies with wrap-around, publishes prod and takes
-        # the notify bit, with libxenvchan's barriers (see build_native.py).
-        with _native.ffi.from_buffer(data) as source:
-            result = lib.vchan_ring_write(
-                self._page,
-                self._write_ring_ptr,
-                self.write_size,
-                self._prod,
-                self._at.write_prod,
-                self._at.write_cons,
-                self._at.own_notify,
-                source,
-                len(data),
-            )
-        if result < 0:
-            raise self._overrun(-1 - result)
-        count = result >> 1
-        self._prod = (self._prod + count) & INDEX_MASK
-        return WriteResult(count, bool(result & 1))
+    def write(self, data: bytes | bytearray | memoryview, whole: bool = False) -> WriteResult:
+        """Copy as much of ``data`` (bytes-like, byte format) as fits into the ring; with
+        ``whole``, all of it or nothing. Nothing is written once the peer's byte says EXITED.
 
-    def request_space_notify(self) -> bool:
-        """Ask the peer for an event when it consumes; True if space appeared meanwhile."""
-        lib.vchan_fetch_or_u8(self._page, self._at.peer_notify, NotifyBit.READ)
-        # Full barrier: post the request before re-reading cons.
-        lib.vchan_full_barrier()
-        return self._space() > 0
+        One C step loads the peer's live byte and ``cons`` once each, copies with wrap-around,
+        publishes ``prod`` and takes the notify bit, with libxenvchan's barriers.
+        """
+        if type(data) is bytes:  # cffi passes a bytes object's own buffer as a char *
+            result = self._lib.vchan_send(self._end, data, len(data), whole)
+        else:
+            with self._ffi.from_buffer(data) as source:
+                result = self._lib.vchan_send(self._end, source, len(data), whole)
+        accepted = self._unpack_write(result)
+        return _new_tuple(WriteResult, (accepted, bool(result & 1), self._live(result)))
 
-    # -- notifications and state ---------------------------------------------------------------
+    def writable(self) -> tuple[list[memoryview], Live]:
+        """Views of the free space (two where it wraps), for a caller that fills them itself
+        (from a file, say) and then calls :meth:`commit` with how much it wrote."""
+        result = self._lib.vchan_space(self._end)
+        count = self._unpack_write(result)
+        live = self._live(result)
+        start = self._end.prod & (self.write_size - 1)
+        first = min(count, self.write_size - start)
+        views = [self._write_ring[start : start + first]] if count else []
+        if count > first:
+            views.append(self._write_ring[: count - first])
+        return views, live
+
+    def commit(self, count: int) -> bool:
+        """Publish ``count`` bytes written into :meth:`writable`'s views; returns whether to
+        notify the peer."""
+        return bool(self._lib.vchan_commit(self._end, count))
+
+    def request_space_notify(self) -> int:
+        """Ask the peer for an event when it consumes; returns the space free now."""
+        return self._checked_space(self._lib.vchan_request_space(self._end))
+
+    # -- state ---------------------------------------------------------------------------------
 
     def peer_live(self) -> Live:
         """The peer's live byte, read once.
@@ -260,11 +331,9 @@ class RingEndpoint:
         Raises:
             ProtocolError: a value that is not 0, 1 or 2 (2 only in the client's byte).
         """
-        value = lib.vchan_load_u8(self._page, self._at.peer_live)
-        if value > Live.WAITING or (value == Live.WAITING and self.role is Role.CLIENT):
-            raise ProtocolError(f"the peer's live byte is {value}, not 0 or 1")
-        return _LIVE_VALUES[value]
+        value = self._lib.vchan_load_u8(self._pointers[0], self._end.peer_live)
+        return self._live(value << 1)
 
     def set_live(self, live: Live) -> None:
         """Store our own live byte (release: everything we wrote before is visible first)."""
-        lib.vchan_store_u8(self._page, self._at.own_live, live)
+        self._lib.vchan_store_u8(self._pointers[0], self._end.own_live, live)

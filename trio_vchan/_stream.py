@@ -22,15 +22,16 @@ for good; callers see :class:`trio.BrokenResourceError` caused by it.
 from __future__ import annotations
 
 import operator
+import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar, final
+from typing import TYPE_CHECKING, Final, ParamSpec, TypeAlias, TypeVar, final
 
 import trio
 
 from ._advertisement import PeerGoneError
 from ._backend import ChannelStatus
-from ._errors import ProtocolError
+from ._errors import IncompleteReceiveError, ProtocolError
 from ._layout import Live, Role
 from ._notify import Notifier
 
@@ -68,6 +69,44 @@ def _check_max_bytes(max_bytes: int | None) -> int:
     return max_bytes
 
 
+#: What send_all takes: any bytes-like object.
+ReadableBuffer: TypeAlias = "bytes | bytearray | memoryview"
+#: What receive_into fills: any writable bytes-like object.
+WritableBuffer: TypeAlias = "bytearray | memoryview"
+
+
+def _readable_bytes(data: ReadableBuffer) -> bytes | bytearray | memoryview:
+    """``data`` as something whose len() counts bytes (as is, for the usual bytes-like types)."""
+    if type(data) is bytes or type(data) is bytearray:
+        return data
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def _trim(views: list[memoryview], limit: int | None) -> list[memoryview]:
+    """The first ``limit`` bytes of ``views`` (all of them for None)."""
+    if limit is None or sum(map(len, views)) <= limit:
+        return views
+    trimmed = []
+    for view in views:
+        if limit > 0:
+            trimmed.append(view[:limit])
+            limit -= len(trimmed[-1])
+        view.release()
+    return trimmed
+
+
+def _writable_bytes(buffer: WritableBuffer) -> memoryview:
+    view = memoryview(buffer)
+    if view.readonly:
+        raise ValueError("the buffer to receive into is read-only")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    if not view:
+        raise ValueError("the buffer to receive into is empty")
+    return view
+
+
 @final
 class VchanStream(trio.abc.Stream):
     """A connected vchan endpoint: a :class:`trio.abc.Stream` (vchan has no half-close).
@@ -90,6 +129,7 @@ class VchanStream(trio.abc.Stream):
         self._peer_port_gone = False
         self._busy_poll = 0.0
         self._at_end = False
+        self._unread = bytearray()  # taken from the ring by a cancelled receive_exactly
         self._send_conflict = _ConflictDetector("another task is already sending on this vchan")
         self._receive_conflict = _ConflictDetector(
             "another task is already receiving on this vchan"
@@ -126,17 +166,15 @@ class VchanStream(trio.abc.Stream):
             raise trio.BrokenResourceError("this vchan is broken") from self._broken
 
     def _guard(self, operation: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """Run a core or backend operation; a protocol or OS error breaks the stream."""
+        """Run a step of the core or the backend: the one place where a protocol or OS error
+        breaks the stream (trio.BrokenResourceError, caused by it)."""
         self._check_status()
         try:
             return operation(*args, **kwargs)
         except (ProtocolError, OSError) as exc:
-            raise self._break(exc) from exc
-
-    def _break(self, exc: ProtocolError | OSError) -> trio.BrokenResourceError:
-        self._broken = exc
-        what = "broke the vchan protocol" if isinstance(exc, ProtocolError) else "failed"
-        return trio.BrokenResourceError(f"the vchan {what}: {exc}")
+            self._broken = exc
+            what = "broke the vchan protocol" if isinstance(exc, ProtocolError) else "failed"
+            raise trio.BrokenResourceError(f"the vchan {what}: {exc}") from exc
 
     @property
     def busy_poll(self) -> float:
@@ -165,7 +203,7 @@ class VchanStream(trio.abc.Stream):
     @property
     def data_ready(self) -> int:
         """Bytes that :meth:`receive_some` can return now without waiting."""
-        return self._guard(self._ring.data_ready)
+        return len(self._unread) + self._guard(self._ring.data_ready)
 
     @property
     def buffer_space(self) -> int:
@@ -191,44 +229,191 @@ class VchanStream(trio.abc.Stream):
             blocked = woke = False
             while True:
                 token = self._notifier.token()  # before looking: no lost wake-ups
-                data = self._try_receive(limit)
-                if data is None and self._peer_port_closed(woke):
-                    self._at_end = True  # gone without a word: as if it had exited
-                    data = b""
+                data = self._guard(self._read_step, limit, woke)
                 if data is not None:
                     if not blocked:  # a wait that blocked was this call's checkpoint already
                         await trio.lowlevel.cancel_shielded_checkpoint()
                     return data
-                woke = await self._wait_for(
-                    token, self._ring.data_ready, self._ring.request_data_notify
-                )
+                woke = await self._wait_for_data(token)
                 blocked |= woke
 
-    def _try_receive(self, limit: int) -> bytes | bytearray | None:
-        """One look at the ring: data, ``b""`` at end of stream, or None for "nothing yet"."""
-        self._check_status()
+    def receive_nowait(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """Return up to ``max_bytes`` of what has arrived, without waiting (and without a
+        checkpoint: a loop over it lets no other task run). ``b""`` at end of stream.
+
+        Raises:
+            trio.WouldBlock: nothing has arrived yet; :meth:`receive_some` waits for it.
+            trio.BusyResourceError, trio.ClosedResourceError, trio.BrokenResourceError: as
+                :meth:`receive_some`.
+        """
+        with self._receive_conflict:
+            data = self._guard(self._read_step, _check_max_bytes(max_bytes), False)
+            if data is None:
+                raise trio.WouldBlock
+            return data
+
+    async def receive_into(self, buffer: WritableBuffer) -> int:
+        """Wait until data is there, then copy up to ``len(buffer)`` bytes of it into
+        ``buffer`` (any writable bytes-like object, as for sockets' ``recv_into``); returns how
+        many. Nothing is allocated. Returns 0 at end of stream.
+
+        Raises:
+            ValueError: ``buffer`` is empty or read-only.
+            trio.BusyResourceError, trio.ClosedResourceError, trio.BrokenResourceError: as
+                :meth:`receive_some`.
+        """
+        with self._receive_conflict, _writable_bytes(buffer) as target:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            blocked = woke = False
+            while True:
+                token = self._notifier.token()
+                count = self._guard(self._read_into_step, target, woke)
+                if count is not None:
+                    if not blocked:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    return count
+                woke = await self._wait_for_data(token)
+                blocked |= woke
+
+    def receive_into_nowait(self, buffer: WritableBuffer) -> int:
+        """:meth:`receive_into` without waiting: 0 at end of stream.
+
+        Raises:
+            trio.WouldBlock: nothing has arrived yet.
+            ValueError, trio.BusyResourceError, trio.ClosedResourceError,
+                trio.BrokenResourceError: as :meth:`receive_into`.
+        """
+        with self._receive_conflict, _writable_bytes(buffer) as target:
+            count = self._guard(self._read_into_step, target, False)
+            if count is None:
+                raise trio.WouldBlock
+            return count
+
+    async def receive_exactly(self, count: int) -> bytes | bytearray:
+        """Wait for exactly ``count`` bytes and return them (libxenvchan's ``recv``), for
+        protocols with fixed-size headers and messages.
+
+        Up to the read ring's size, nothing is consumed until all ``count`` bytes are there, so
+        a cancelled call leaves them all in the ring; a larger ``count`` is received piecewise,
+        and a cancelled call leaves what it took for the next receive call.
+
+        Raises:
+            IncompleteReceiveError: the peer closed first; its ``partial`` holds what arrived.
+            trio.BusyResourceError, trio.ClosedResourceError, trio.BrokenResourceError: as
+                :meth:`receive_some`.
+        """
+        count = operator.index(count)
+        if count < 1:
+            raise ValueError(f"count must be >= 1, not {count}")
+        with self._receive_conflict:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if count <= self._ring.read_size and not self._unread:
+                data, blocked = await self._receive_whole(count)
+            else:
+                data, blocked = await self._receive_pieces(count)
+            if not blocked:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+
+    async def _receive_whole(self, count: int) -> tuple[bytes | bytearray, bool]:
+        """Wait until ``count`` bytes (at most a ring's worth) are in the ring, then take them
+        in one step."""
+        blocked = woke = False
+        while True:
+            token = self._notifier.token()
+            data = self._guard(self._read_whole_step, count, woke)
+            if data is not None:
+                return data, blocked
+            woke = await self._wait_for_data(token, count)
+            blocked |= woke
+
+    async def _receive_pieces(self, count: int) -> tuple[bytearray, bool]:
+        buffer = bytearray(count)
+        received = 0
+        blocked = woke = False
+        try:
+            with memoryview(buffer) as whole:
+                while received < count:
+                    token = self._notifier.token()
+                    taken = self._guard(self._read_into_step, whole[received:], woke)
+                    if taken == 0:  # end of stream
+                        break
+                    if taken is not None:
+                        received += taken
+                        woke = False
+                        continue
+                    woke = await self._wait_for_data(token)
+                    blocked |= woke
+        except BaseException:
+            if not self._at_end:  # cancelled, say: the next receive returns what we took
+                self._unread = buffer[:received] + self._unread
+            raise
+        if received < count:
+            raise IncompleteReceiveError(buffer[:received], count)
+        return buffer, blocked
+
+    # The receive steps: one look at the ring. Each returns what it took, an end-of-stream value
+    # (b"" or 0), or None for "nothing yet". ``woke``: the caller was woken and found nothing
+    # before, so a peer that vanished without a word may be why.
+
+    def _read_step(self, limit: int, woke: bool) -> bytes | bytearray | None:
+        if self._unread:
+            taken, self._unread = self._unread[:limit], self._unread[limit:]
+            return taken
         if self._at_end:  # end of stream is final, whatever the peer writes afterwards
             return b""
-        ring = self._ring
-        try:
-            exited = ring.peer_live() is Live.EXITED  # read before the ring
-            data, notify_peer = ring.read(limit)
-            if notify_peer:
-                self._channel.notify()
-        except (ProtocolError, OSError) as exc:
-            raise self._break(exc) from exc
+        data, notify_peer, live = self._ring.read(limit)
+        if notify_peer:
+            self._channel.notify()
         if data:
             return data
-        if exited:
+        return b"" if self._ended(live, woke) else None
+
+    def _read_into_step(self, target: memoryview, woke: bool) -> int | None:
+        if self._unread:
+            count = min(len(self._unread), len(target))
+            target[:count] = self._unread[:count]
+            del self._unread[:count]
+            return count
+        if self._at_end:
+            return 0
+        count, notify_peer, live = self._ring.read_into(target)
+        if notify_peer:
+            self._channel.notify()
+        if count:
+            return count
+        return 0 if self._ended(live, woke) else None
+
+    def _read_whole_step(self, count: int, woke: bool) -> bytes | bytearray | None:
+        if self._at_end:
+            raise IncompleteReceiveError(b"", count)
+        ring = self._ring
+        live = ring.peer_live()  # before the ring
+        take = count
+        if ring.data_ready() < count:
+            if not self._ended(live, woke):
+                return None
+            take = ring.data_ready()  # all there is, for the error
+        data, notify_peer, _ = ring.read(take) if take else (b"", False, live)
+        if notify_peer:
+            self._channel.notify()
+        if self._at_end:
+            raise IncompleteReceiveError(data, count)
+        return data
+
+    def _ended(self, live: Live, woke: bool) -> bool:
+        """With the ring empty: whether the stream has ended (the peer exited, or its port
+        closed without a word); raises if the peer's domain was destroyed."""
+        if live is Live.EXITED or self._peer_port_closed(woke):
             self._at_end = True
-            return b""
+            return True
         if self._peer_gone is not None:
             raise trio.BrokenResourceError(str(self._peer_gone)) from self._peer_gone
-        return None
+        return False
 
     # -- sending -------------------------------------------------------------------------------
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    async def send_all(self, data: ReadableBuffer) -> None:
         """Write all of ``data``, waiting for ring space as often as needed.
 
         Raises:
@@ -238,77 +423,62 @@ class VchanStream(trio.abc.Stream):
         """
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
+            source = _readable_bytes(data)
+            sent = self._guard(self._write_step, source, False)
             blocked = False
-            with memoryview(data) as source:
-                remaining = source if source.format == "B" else source.cast("B")
-                self._check_status()
-                woke = False
-                while remaining:
-                    token = self._notifier.token()
-                    accepted = self._try_send(remaining)
-                    if accepted == len(remaining):
-                        break
-                    if accepted:
-                        remaining = remaining[accepted:]
-                        woke = False
-                        continue
-                    if self._peer_port_closed(woke):
-                        raise trio.BrokenResourceError("peer closed the vchan (its port is gone)")
-                    woke = await self._wait_for(
-                        token, self._ring.buffer_space, self._ring.request_space_notify
-                    )
-                    blocked |= woke
-                remaining.release()
+            if sent < len(source):
+                with memoryview(source) as view:
+                    blocked = await self._send_rest(view[sent:])
             if not blocked:  # a wait that blocked was this call's checkpoint already
                 await trio.lowlevel.cancel_shielded_checkpoint()
 
-    def _try_send(self, data: memoryview) -> int:
-        """Write what fits now; returns how much that was."""
-        self._check_status()
-        ring = self._ring
+    async def _send_rest(self, remaining: memoryview) -> bool:
+        """Write the rest of a send_all as space appears; returns whether a wait blocked."""
+        blocked = woke = False
+        while remaining:
+            token = self._notifier.token()
+            accepted = self._guard(self._write_step, remaining, False)
+            if accepted:
+                remaining = remaining[accepted:]
+                woke = False
+                continue
+            if self._guard(self._peer_port_closed, woke):
+                raise trio.BrokenResourceError("peer closed the vchan (its port is gone)")
+            woke = await self._wait_for_space(token)
+            blocked |= woke
+        return blocked
+
+    def send_nowait(self, data: ReadableBuffer) -> None:
+        """Write all of ``data`` now, or nothing: for many small messages, each whole in the
+        ring, without a checkpoint per message (a loop over it lets no other task run).
+
+        Raises:
+            trio.WouldBlock: the ring lacks room for all of it; nothing was written, and
+                ``await send_all(data)`` sends it, waiting for room.
+            ValueError: ``data`` is larger than the ring (it could never fit at once).
+            trio.BusyResourceError, trio.ClosedResourceError, trio.BrokenResourceError: as
+                :meth:`send_all`.
+        """
+        with self._send_conflict:
+            source = _readable_bytes(data)
+            if len(source) > self._ring.write_size:
+                raise ValueError(
+                    f"{len(source)} bytes cannot fit the {self._ring.write_size}-byte ring at"
+                    " once: send them with send_all"
+                )
+            if not self._guard(self._write_step, source, True) and source:
+                raise trio.WouldBlock
+
+    def _write_step(self, data: bytes | bytearray | memoryview, whole: bool) -> int:
+        """Write what fits now (with ``whole``: all or nothing); returns how much that was."""
         if self._peer_gone is not None:
             raise trio.BrokenResourceError(str(self._peer_gone)) from self._peer_gone
-        try:
-            if ring.peer_live() is Live.EXITED:
-                raise trio.BrokenResourceError("peer closed the vchan")
-            accepted, notify_peer = ring.write(data)
-            if notify_peer:
-                self._channel.notify()
-        except (ProtocolError, OSError) as exc:
-            raise self._break(exc) from exc
+        accepted, notify_peer, live = self._ring.write(data, whole)
+        if notify_peer:
+            self._channel.notify()
+        if live is Live.EXITED:
+            raise trio.BrokenResourceError("peer closed the vchan")
         return accepted
-
-    async def _wait_for(
-        self, token: int, available: Callable[[], int], request_notify: Callable[[], bool]
-    ) -> bool:
-        """Spin for ``busy_poll`` seconds if asked to, else ask the peer for an event (which
-        re-checks the ring) and sleep until one arrives. Returns whether the task blocked."""
-        if self._busy_poll and self._guard(self._spin, available):
-            return False
-        if self._guard(request_notify):
-            return False
-        return await self._wait(token)
-
-    def peer_domain_destroyed(self) -> None:
-        """Told by the session: the peer's domain is gone. What it wrote before can still be
-        received; after that, and for every send, BrokenResourceError."""
-        self._peer_gone = PeerGoneError(f"domain {self.peer_domid} (the peer) was destroyed")
-        self._notifier.interrupt()
-
-    def _peer_port_closed(self, woke: bool) -> bool:
-        """Whether the peer's end of our event channel has closed. The backend is asked only
-        after a wake-up that found nothing to do (it may be a platform request); once closed,
-        it stays closed."""
-        if woke and not self._peer_port_gone:
-            self._peer_port_gone = self._guard(self._channel.status) is ChannelStatus.PEER_CLOSED
-        return self._peer_port_gone
-
-    def _spin(self, available: Callable[[], int]) -> bool:
-        deadline = time.perf_counter() + self._busy_poll
-        while time.perf_counter() < deadline:
-            if available():
-                return True
-        return False
 
     async def wait_send_all_might_not_block(self) -> None:
         """Return once there is space in the ring (or the peer has gone, so sending fails fast).
@@ -324,18 +494,177 @@ class VchanStream(trio.abc.Stream):
                 token = self._notifier.token()
                 if self.peer_live() is Live.EXITED or self.buffer_space > 0:
                     break
-                if self._peer_port_closed(woke):
+                if self._guard(self._peer_port_closed, woke):
                     break
-                woke = await self._wait_for(
-                    token, self._ring.buffer_space, self._ring.request_space_notify
-                )
+                woke = await self._wait_for_space(token)
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    # -- between the ring and a file descriptor ------------------------------------------------
+
+    async def send_from_fd(self, fd: int, count: int | None = None) -> int:
+        """Read from ``fd`` straight into the ring (no copy in between) until its end of file,
+        or until ``count`` bytes; returns how many bytes were sent.
+
+        Regular files are read as they are; a pipe, socket or terminal must be in non-blocking
+        mode (``os.set_blocking(fd, False)``), and is then waited on with trio. Cancelled, the
+        call may have sent part of it, as :meth:`send_all`.
+
+        Raises:
+            OSError: reading ``fd`` failed (the stream stays usable).
+            trio.BusyResourceError, trio.ClosedResourceError, trio.BrokenResourceError: as
+                :meth:`send_all`.
+        """
+        with self._send_conflict:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            sent = 0
+            woke = False
+            while count is None or sent < count:
+                token = self._notifier.token()
+                views = self._guard(self._free_space, None if count is None else count - sent)
+                if not views:
+                    if self._guard(self._peer_port_closed, woke):
+                        raise trio.BrokenResourceError("peer closed the vchan (its port is gone)")
+                    woke = await self._wait_for_space(token)
+                    continue
+                try:
+                    taken = os.readv(fd, views)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(fd)
+                    continue
+                finally:
+                    for view in views:
+                        view.release()
+                if not taken:
+                    break  # end of file
+                self._guard(self._commit, taken)
+                sent += taken
+                woke = False
+                await trio.lowlevel.checkpoint()  # a fast file must not starve other tasks
+            await trio.lowlevel.checkpoint()
+            return sent
+
+    def _free_space(self, limit: int | None) -> list[memoryview]:
+        if self._peer_gone is not None:
+            raise trio.BrokenResourceError(str(self._peer_gone)) from self._peer_gone
+        views, live = self._ring.writable()
+        if live is Live.EXITED:
+            for view in views:
+                view.release()
+            raise trio.BrokenResourceError("peer closed the vchan")
+        return _trim(views, limit)
+
+    def _commit(self, count: int) -> None:
+        if self._ring.commit(count):
+            self._channel.notify()
+
+    async def receive_to_fd(self, fd: int, count: int | None = None) -> int:
+        """Write what arrives straight from the ring to ``fd`` (no copy in between) until end
+        of stream, or until ``count`` bytes; returns how many bytes were written.
+
+        As for :meth:`send_from_fd`, a pipe, socket or terminal must be non-blocking. Only
+        what ``fd`` accepted is consumed, so a cancelled call loses nothing: the rest stays
+        in the ring for the next receive.
+
+        Raises:
+            OSError: writing ``fd`` failed (what it did not take stays in the ring).
+            trio.BusyResourceError, trio.ClosedResourceError, trio.BrokenResourceError: as
+                :meth:`receive_some`.
+        """
+        with self._receive_conflict:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            written = 0
+            woke = False
+            while count is None or written < count:
+                limit = None if count is None else count - written
+                if self._unread:
+                    taken = os.write(fd, self._unread[:limit])  # a cancelled receive_exactly's
+                    del self._unread[:taken]
+                    written += taken
+                    continue
+                token = self._notifier.token()
+                views = self._guard(self._waiting_data, limit, woke)
+                if views is None:
+                    break  # end of stream
+                if not views:
+                    woke = await self._wait_for_data(token)
+                    continue
+                try:
+                    taken = os.writev(fd, views)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(fd)
+                    continue
+                finally:
+                    for view in views:
+                        view.release()
+                self._guard(self._consume, taken)
+                written += taken
+                woke = False
+                await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
+            return written
+
+    def _waiting_data(self, limit: int | None, woke: bool) -> list[memoryview] | None:
+        """Views of the data in the ring; [] for "nothing yet", None at end of stream."""
+        if self._at_end:
+            return None
+        views, live = self._ring.readable()
+        if views:
+            return _trim(views, limit)
+        return None if self._ended(live, woke) else []
+
+    def _consume(self, count: int) -> None:
+        if self._ring.consume(count):
+            self._channel.notify()
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    async def _wait_for_data(self, token: int, count: int = 1) -> bool:
+        """Wait until at least ``count`` bytes may be in the ring (or the peer may have closed):
+        spin for ``busy_poll`` seconds if asked to, else ask the peer for an event, look again
+        (data that came meanwhile would not be announced) and sleep until an event arrives
+        after ``token``. Returns whether the task blocked."""
+        ring = self._ring
+        if self._busy_poll and self._guard(self._spin, ring.data_ready, count):
+            return False
+        if self._guard(ring.request_data_notify) >= count:
+            return False
+        return await self._wait(token)
+
+    async def _wait_for_space(self, token: int) -> bool:
+        """The same for ring space."""
+        ring = self._ring
+        if self._busy_poll and self._guard(self._spin, ring.buffer_space, 1):
+            return False
+        if self._guard(ring.request_space_notify):
+            return False
+        return await self._wait(token)
+
+    def _spin(self, available: Callable[[], int], count: int) -> bool:
+        deadline = time.perf_counter() + self._busy_poll
+        while time.perf_counter() < deadline:
+            if available() >= count:
+                return True
+        return False
 
     async def _wait(self, token: int) -> bool:
         try:
             return await self._notifier.wait(after=token)
         except trio.ClosedResourceError:
             raise trio.ClosedResourceError("this vchan was already closed") from None
+
+    def peer_domain_destroyed(self) -> None:
+        """Told by the session: the peer's domain is gone. What it wrote before can still be
+        received; after that, and for every send, BrokenResourceError."""
+        self._peer_gone = PeerGoneError(f"domain {self.peer_domid} (the peer) was destroyed")
+        self._notifier.interrupt()
+
+    def _peer_port_closed(self, woke: bool) -> bool:
+        """Whether the peer's end of our event channel has closed. The backend is asked only
+        after a wake-up that found nothing to do (it may be a platform request); once closed,
+        it stays closed."""
+        if woke and not self._peer_port_gone:
+            self._peer_port_gone = self._channel.status() is ChannelStatus.PEER_CLOSED
+        return self._peer_port_gone
 
     # -- closing -------------------------------------------------------------------------------
 
