@@ -31,11 +31,14 @@ class IncompleteReceiveError(EOFError):
     Nothing is lost: :attr:`partial` holds the bytes that did arrive.
     """
 
+    partial: bytes | bytearray
+    """The bytes that arrived before the end of stream."""
+    expected: int
+    """How many bytes were asked for."""
+
     def __init__(self, partial: bytes | bytearray, expected: int) -> None:
         super().__init__(
             f"the vchan's peer closed after {len(partial)} of the {expected} bytes asked for"
         )
-        #: The bytes that arrived before the end of stream.
         self.partial = partial
-        #: How many bytes were asked for.
         self.expected = expected
