@@ -1,13 +1,17 @@
 """The measured side of every benchmark: one process, one end of a stream.
 
     python bench/workers.py vchan serve|connect PEER_DOMID PORT SCENARIO [key=value ...]
+    python bench/workers.py cvchan serve|connect PEER_DOMID PATH SCENARIO [key=value ...]
     python bench/workers.py socket FD SCENARIO [key=value ...]
     python bench/workers.py scale serve|connect PEER_DOMID SCENARIO count=N total=BYTES
     python bench/workers.py setup serve PEER_DOMID PREFIX ports=N connections=N ring=BYTES
     python bench/workers.py setup sequential PEER_DOMID PREFIX warmup=N count=N
     python bench/workers.py setup concurrent PEER_DOMID PREFIX ports=N warmup=N rounds=N
 
-A vchan worker finds its simulated host in TRIO_VCHAN_SIM/TRIO_VCHAN_DOMID. Each scenario
+A vchan worker finds its simulated host in TRIO_VCHAN_SIM/TRIO_VCHAN_DOMID; a cvchan worker
+(C libxenvchan through bench/cvchan.py) also needs tests/interop's shim preloaded and the
+compiled wrapper's directory in BENCH_CVCHAN. A server takes its rings' minimum sizes as
+``read_size=`` and ``write_size=`` (default 64 KiB each). Each scenario
 prints one JSON object on stdout. Timing starts at the first byte received (or sent), so
 process start-up and the handshake are not measured, except by the setup scenarios, which
 measure the handshake (after warm-up connections that absorb process start-up).
@@ -22,7 +26,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import trio
@@ -52,10 +56,13 @@ def open_fds() -> int:
 
 async def source(stream: trio.abc.Stream, total: int, write: int) -> Result:
     block = b"\xa5" * write
+    # An empty vchan ring's free space is its size: what this end really writes into.
+    space: int | None = getattr(stream, "buffer_space", None)
+    ring = {"write_ring": space} if space is not None else {}
     start = time.perf_counter()
     for _ in range(total // write):
         await stream.send_all(block)
-    return {"sent": total, "seconds": time.perf_counter() - start}
+    return {"sent": total, "seconds": time.perf_counter() - start} | ring
 
 
 async def sink(stream: trio.abc.Stream, total: int) -> Result:
@@ -121,17 +128,50 @@ SCENARIOS: dict[str, Callable[..., Awaitable[Result]]] = {
 # -- transports --------------------------------------------------------------------------------
 
 
+#
+# A vchan transport: (role, peer domid, port or path, its own parameters, popped from the
+# scenario's) -> the stream, as an async context manager.
+
+StreamOpener = Callable[[str, int, str, dict[str, Any]], AbstractAsyncContextManager[Any]]
+DEFAULT_RING = 65536
+
+
 @asynccontextmanager
 async def open_vchan(
-    role: str, peer: int, port: str, ring: int, busy_poll: float
+    role: str, peer: int, port: str, params: dict[str, Any]
 ) -> AsyncIterator[trio.abc.Stream]:
+    """trio-vchan."""
+    read_size = params.pop("read_size", DEFAULT_RING)
+    write_size = params.pop("write_size", DEFAULT_RING)
+    busy_poll = params.pop("busy_poll", 0.0)
     if role == "serve":
-        vchan = trio_vchan.serve(peer, port, read_size=ring, write_size=ring)
+        vchan = trio_vchan.serve(peer, port, read_size=read_size, write_size=write_size)
     else:
         vchan = trio_vchan.connect(peer, port)
     async with vchan as stream:
         stream.busy_poll = busy_poll
         yield stream
+
+
+@asynccontextmanager
+async def open_cvchan(
+    role: str, peer: int, path: str, params: dict[str, Any]
+) -> AsyncIterator[trio.abc.Stream]:
+    """C libxenvchan through the cffi wrapper (bench/cvchan.py)."""
+    import cvchan
+
+    native = cvchan.load(os.environ["BENCH_CVCHAN"])
+    read_size = params.pop("read_size", DEFAULT_RING)
+    write_size = params.pop("write_size", DEFAULT_RING)
+    if role == "serve":
+        vchan = cvchan.serve(native, peer, path, read_size, write_size)
+    else:
+        vchan = cvchan.connect(native, peer, path)
+    async with vchan as stream:
+        yield stream
+
+
+VCHANS: dict[str, StreamOpener] = {"vchan": open_vchan, "cvchan": open_cvchan}
 
 
 async def run_stream(stream_cm: Any, scenario: str, params: dict[str, int]) -> Result:
@@ -299,11 +339,11 @@ def parse(pairs: list[str]) -> dict[str, Any]:
 async def main(argv: list[str]) -> Result:
     raise_fd_limit()
     kind = argv[0]
-    if kind == "vchan":
+    if kind in VCHANS:
         role, peer, port, scenario = argv[1], int(argv[2]), argv[3], argv[4]
         params = parse(argv[5:])
-        ring, busy_poll = params.pop("ring", 65536), params.pop("busy_poll", 0.0)
-        return await run_stream(open_vchan(role, peer, port, ring, busy_poll), scenario, params)
+        opened = VCHANS[kind](role, peer, port, params)
+        return await run_stream(opened, scenario, params)
     if kind == "socket":
         fd, scenario, params = int(argv[1]), argv[2], parse(argv[3:])
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
