@@ -104,7 +104,12 @@ def missing() -> str | None:
     return None
 
 
-def _gcc(*args: str | os.PathLike[str]) -> None:
+def compile_c(*args: str | os.PathLike[str]) -> None:
+    """Run gcc with this project's flags and ``args``.
+
+    Raises:
+        BuildError: gcc failed (with its output).
+    """
     command = ["gcc", *CFLAGS, *map(str, args)]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=_COMPILE_TIMEOUT, check=False
@@ -128,11 +133,11 @@ def build(destination: Path) -> Tools:
         bench=destination / "vchan-bench",
     )
     library = ("-fPIC", "-shared", "-fvisibility=hidden")
-    _gcc(*library, "-o", tools.shim, HERE / "xenshim.c")
-    _gcc(*library, "-o", tools.xcstub, HERE / "xcstub.c")
-    _gcc("-o", tools.node, HERE / "vchan_node.c", "-lxenvchan", "-lxenstore")
-    _gcc("-pthread", "-o", tools.setup, HERE / "vchan_setup.c", "-lxenvchan", "-lxenstore")
-    _gcc("-o", tools.bench, HERE / "vchan_bench.c", "-lxenvchan", "-lxenstore")
+    compile_c(*library, "-o", tools.shim, HERE / "xenshim.c")
+    compile_c(*library, "-o", tools.xcstub, HERE / "xcstub.c")
+    compile_c("-o", tools.node, HERE / "vchan_node.c", "-lxenvchan", "-lxenstore")
+    compile_c("-pthread", "-o", tools.setup, HERE / "vchan_setup.c", "-lxenvchan", "-lxenstore")
+    compile_c("-o", tools.bench, HERE / "vchan_bench.c", "-lxenvchan", "-lxenstore")
     return tools
 
 
