@@ -24,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -129,6 +130,8 @@ def build_baselines(directory: Path) -> Baselines | str:
     reason = missing()
     if reason is not None:
         return reason
+    if not (Path(sysconfig.get_path("include")) / "Python.h").exists():
+        return "the cffi wrapper needs Python's C headers (Python.h): apt-get install python3-dev"
     tools: Tools = build(directory / "c")
     return Baselines(tools, cvchan.build(directory / "cvchan"))
 
