@@ -5,7 +5,12 @@ What a careful Python user would write instead of using trio-vchan: the ring is 
 ``trio.lowlevel.wait_readable`` on ``libxenvchan_fd_for_select()`` followed by
 ``libxenvchan_wait()`` (which then does not block), and each call checkpoints as trio's
 sockets do: a cancellation check first, a cancel-shielded checkpoint after a call that did not
-have to wait. The calls that talk to XenStore (init, close) run in a thread.
+have to wait. The calls that talk to XenStore (init, close) run in a thread. A client waits
+for its server as vchan-socket-proxy does, with a XenStore watch on the vchan's path (here
+``wait_readable`` on ``xs_fileno()``), trying ``libxenvchan_client_init()`` at each event; a
+server withdraws its advertisement once its client is in, as trio-vchan and the C setup
+benchmark (tests/interop/vchan_setup.c) do, so that a server offering the same path again is
+not mistaken for the last one.
 
 :func:`build` compiles the cffi module (API mode, against Debian's libxenvchan.h) into a
 directory; the worker imports it from there (:func:`load`). The process must run on the
@@ -43,11 +48,36 @@ int libxenvchan_fd_for_select(struct libxenvchan *ctrl);
 int libxenvchan_is_open(struct libxenvchan *ctrl);
 int libxenvchan_buffer_space(struct libxenvchan *ctrl);
 void set_nonblocking(struct libxenvchan *ctrl);
+int withdraw(struct libxenvchan *ctrl);
+struct xs_handle;
+struct xs_handle *xs_open(unsigned long flags);
+void xs_close(struct xs_handle *xsh);
+bool xs_watch(struct xs_handle *h, const char *path, const char *token);
+int xs_fileno(struct xs_handle *h);
+char **xs_read_watch(struct xs_handle *h, unsigned int *num);
+void free(void *ptr);
 """
 # ``blocking`` is a bit-field of struct libxenvchan: set through a helper, not from Python.
+# withdraw() is what libxenvchan_close() does last for a server (remove the vchan's XenStore
+# directory), done early; libxenvchan_close() then skips it.
 SOURCE = """
+#include <stdlib.h>
 #include <libxenvchan.h>
+#include <xenstore.h>
 static void set_nonblocking(struct libxenvchan *ctrl) { ctrl->blocking = 0; }
+static int withdraw(struct libxenvchan *ctrl)
+{
+    struct xs_handle *xs = xs_open(0);
+    if (!xs)
+        return -1;
+    int removed = xs_rm(xs, XBT_NULL, ctrl->xs_path);
+    xs_close(xs);
+    if (!removed)
+        return -1;
+    free(ctrl->xs_path);
+    ctrl->xs_path = NULL;
+    return 0;
+}
 """
 #: trio's default receive size (trio.SocketStream's).
 DEFAULT_RECEIVE_SIZE = 65536
@@ -74,7 +104,7 @@ def build(directory: Path) -> Path:
         ffi.emit_c_code(str(source))
     module = directory / f"{MODULE}{sysconfig.get_config_var('EXT_SUFFIX')}"
     include = sysconfig.get_path("include")
-    compile_c("-fPIC", "-shared", f"-I{include}", "-o", module, source, "-lxenvchan")
+    compile_c("-fPIC", "-shared", f"-I{include}", "-o", module, source, "-lxenvchan", "-lxenstore")
     return directory
 
 
@@ -159,33 +189,43 @@ async def serve(
     native: ModuleType, peer: int, path: str, read_size: int, write_size: int
 ) -> AsyncIterator[CVchanStream]:
     """Offer a vchan to ``peer`` at XenStore ``path``; yield its stream once connected."""
+    lib, ffi = native.lib, native.ffi
     ctrl = await trio.to_thread.run_sync(
-        native.lib.libxenvchan_server_init,
-        native.ffi.NULL,
-        peer,
-        path.encode(),
-        read_size,
-        write_size,
+        lib.libxenvchan_server_init, ffi.NULL, peer, path.encode(), read_size, write_size
     )
-    if ctrl == native.ffi.NULL:
-        raise OSError(f"libxenvchan_server_init for domain {peer} at {path} failed")
+    if ctrl == ffi.NULL:
+        raise OSError(ffi.errno, f"libxenvchan_server_init for domain {peer} at {path} failed")
     stream = CVchanStream(native, ctrl)
     async with stream:
         await stream.wait_until_connected()
+        if await trio.to_thread.run_sync(lib.withdraw, ctrl) < 0:
+            raise OSError(ffi.errno, f"removing the advertisement at {path} failed")
         yield stream
 
 
 @asynccontextmanager
-async def connect(
-    native: ModuleType, peer: int, path: str, retry: float = 0.001
-) -> AsyncIterator[CVchanStream]:
-    """Connect to the server of ``peer`` at XenStore ``path``, trying until it is there."""
-    while True:
-        ctrl = await trio.to_thread.run_sync(
-            native.lib.libxenvchan_client_init, native.ffi.NULL, peer, path.encode()
-        )
-        if ctrl != native.ffi.NULL:
-            break
-        await trio.sleep(retry)
+async def connect(native: ModuleType, peer: int, path: str) -> AsyncIterator[CVchanStream]:
+    """Connect to the server of ``peer`` at XenStore ``path``, waiting until it is there."""
+    lib, ffi = native.lib, native.ffi
+    xs = await trio.to_thread.run_sync(lib.xs_open, 0)
+    if xs == ffi.NULL:
+        raise OSError(ffi.errno, "xs_open failed: cannot reach XenStore")
+    try:
+        if not lib.xs_watch(xs, path.encode(), b"path"):
+            raise OSError(ffi.errno, f"xs_watch on {path} failed")
+        count = ffi.new("unsigned int *")
+        while True:  # the watch fires once when set, then at each change under path
+            await trio.lowlevel.wait_readable(lib.xs_fileno(xs))
+            event = lib.xs_read_watch(xs, count)  # one is queued: does not block
+            if event == ffi.NULL:
+                raise OSError(ffi.errno, f"xs_read_watch on {path} failed")
+            lib.free(event)
+            ctrl = await trio.to_thread.run_sync(
+                lib.libxenvchan_client_init, ffi.NULL, peer, path.encode()
+            )
+            if ctrl != ffi.NULL:
+                break
+    finally:
+        lib.xs_close(xs)
     async with CVchanStream(native, ctrl) as stream:
         yield stream

@@ -394,8 +394,12 @@ COPY_RING = MIB
 
 
 async def copy_with_cat(runner: Runner, original: Path, copy: Path) -> float:
-    """``trio-vchan cat`` at both ends."""
-    port, host = runner.port(), runner.host
+    """``trio-vchan cat`` at both ends.
+
+    Run from the copy's directory: ``python -m`` puts the working directory first on sys.path,
+    and in a clone's root that would be the source tree (without its native part).
+    """
+    port, host, cwd = runner.port(), runner.host, original.parent
     cat = [sys.executable, "-m", "trio_vchan", "cat", "--buffer-size", str(COPY_RING), "-q"]
     receiver = [*cat, "-l", str(SERVER), port]
     start = time.perf_counter()
@@ -404,11 +408,14 @@ async def copy_with_cat(runner: Runner, original: Path, copy: Path) -> float:
 
             async def receive() -> None:
                 env = os.environ | host.environ(CLIENT)
-                await trio.run_process(receiver, stdin=subprocess.DEVNULL, stdout=target, env=env)
+                await trio.run_process(
+                    receiver, stdin=subprocess.DEVNULL, stdout=target, env=env, cwd=cwd
+                )
 
             async def send() -> None:
                 env = os.environ | host.environ(SERVER)
-                await trio.run_process([*cat, str(CLIENT), port], stdin=source, env=env)
+                sender = [*cat, str(CLIENT), port]
+                await trio.run_process(sender, stdin=source, env=env, cwd=cwd)
 
             nursery.start_soon(receive)
             nursery.start_soon(send)

@@ -7,6 +7,8 @@
     python bench/workers.py setup serve PEER_DOMID PREFIX ports=N connections=N ring=BYTES
     python bench/workers.py setup sequential PEER_DOMID PREFIX warmup=N count=N
     python bench/workers.py setup concurrent PEER_DOMID PREFIX ports=N warmup=N rounds=N
+    python bench/workers.py cvchan-setup serve|sequential|concurrent ... (the same, through
+        bench/cvchan.py; PREFIX is a XenStore path prefix)
 
 A vchan worker finds its simulated host in TRIO_VCHAN_SIM/TRIO_VCHAN_DOMID; a cvchan worker
 (C libxenvchan through bench/cvchan.py) also needs tests/interop's shim preloaded and the
@@ -19,6 +21,7 @@ measure the handshake (after warm-up connections that absorb process start-up).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -266,6 +269,17 @@ async def scale_connect(peer: int, count: int, total: int) -> Result:
 #
 # The same scenarios as tests/interop/vchan_setup.c runs on C libxenvchan (bench/run.py pairs
 # them): a server that keeps listening, a client connecting again and again, and many of both.
+# The clients take the transport's connect(peer, port); the servers differ: trio-vchan keeps
+# a listener, libxenvchan (and so the wrapper) serves one connection per server_init.
+
+Connect = Callable[[int, str], AbstractAsyncContextManager[trio.abc.Stream]]
+
+
+async def echo_one_byte(stream: trio.abc.Stream) -> None:
+    byte = await stream.receive_some(1)
+    if not byte:
+        raise EOFError("the client closed before sending its byte")
+    await stream.send_all(byte)
 
 
 async def setup_serve(peer: int, prefix: str, ports: int, connections: int, ring: int) -> Result:
@@ -280,10 +294,7 @@ async def setup_serve(peer: int, prefix: str, ports: int, connections: int, ring
         ) as listener:
             for _ in range(connections):
                 async with await listener.accept() as stream:
-                    byte = await stream.receive_some(1)
-                    if not byte:
-                        raise EOFError("the client closed before sending its byte")
-                    await stream.send_all(byte)
+                    await echo_one_byte(stream)
 
     async with trio.open_nursery() as nursery:
         for i in range(ports):
@@ -291,38 +302,61 @@ async def setup_serve(peer: int, prefix: str, ports: int, connections: int, ring
     return {"served": ports * connections}
 
 
-async def one_setup(peer: int, port: str) -> None:
+async def cvchan_setup_serve(
+    peer: int, prefix: str, ports: int, connections: int, ring: int
+) -> Result:
+    """:func:`setup_serve` through the wrapper: a libxenvchan server per connection."""
+    import cvchan
+
+    native = cvchan.load(os.environ["BENCH_CVCHAN"])
+
+    async def listen(path: str) -> None:
+        for _ in range(connections):
+            async with cvchan.serve(native, peer, path, ring, ring) as stream:
+                await echo_one_byte(stream)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(ports):
+            nursery.start_soon(listen, f"{prefix}{i}")
+    return {"served": ports * connections}
+
+
+async def one_setup(connect: Connect, peer: int, port: str) -> None:
     """Connect, send one byte, receive it back, close."""
-    async with trio_vchan.connect(peer, port) as stream:
+    async with connect(peer, port) as stream:
         await stream.send_all(b"x")
         echo = await stream.receive_some(1)
         if echo != b"x":
             raise EOFError(f"the echo was {echo!r}, not b'x'")
 
 
-async def setup_sequential(peer: int, prefix: str, warmup: int, count: int) -> Result:
+async def setup_sequential(
+    connect: Connect, peer: int, prefix: str, warmup: int, count: int
+) -> Result:
     """``warmup`` untimed connections on port ``prefix0``, then ``count`` timed ones."""
     port = f"{prefix}0"
     for _ in range(warmup):
-        await one_setup(peer, port)
+        await one_setup(connect, peer, port)
     latencies = []
     start = time.perf_counter()
     for _ in range(count):
         begin = time.perf_counter()
-        await one_setup(peer, port)
+        await one_setup(connect, peer, port)
         latencies.append(time.perf_counter() - begin)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "connections": count, "retries": 0, "latencies": latencies}
 
 
-async def setup_concurrent(peer: int, prefix: str, ports: int, warmup: int, rounds: int) -> Result:
+async def setup_concurrent(
+    connect: Connect, peer: int, prefix: str, ports: int, warmup: int, rounds: int
+) -> Result:
     """Rounds of one connection on each of ``ports`` ports at once; ``warmup`` untimed."""
     seconds = 0.0
     for round_number in range(warmup + rounds):
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for i in range(ports):
-                nursery.start_soon(one_setup, peer, f"{prefix}{i}")
+                nursery.start_soon(one_setup, connect, peer, f"{prefix}{i}")
         if round_number >= warmup:
             seconds += time.perf_counter() - start
     return {"seconds": seconds, "connections": ports * rounds, "retries": 0}
@@ -351,14 +385,21 @@ async def main(argv: list[str]) -> Result:
     if kind == "scale":
         role, peer, params = argv[1], int(argv[2]), parse(argv[4:])
         return await (scale_serve if role == "serve" else scale_connect)(peer, **params)
-    if kind == "setup":
+    if kind in ("setup", "cvchan-setup"):
         role, peer, prefix, params = argv[1], int(argv[2]), argv[3], parse(argv[4:])
-        setups: dict[str, Callable[..., Awaitable[Result]]] = {
-            "serve": setup_serve,
+        if role == "serve":
+            serve = setup_serve if kind == "setup" else cvchan_setup_serve
+            return await serve(peer, prefix, **params)
+        connect: Connect = trio_vchan.connect
+        if kind == "cvchan-setup":
+            import cvchan
+
+            connect = functools.partial(cvchan.connect, cvchan.load(os.environ["BENCH_CVCHAN"]))
+        clients: dict[str, Callable[..., Awaitable[Result]]] = {
             "sequential": setup_sequential,
             "concurrent": setup_concurrent,
         }
-        return await setups[role](peer, prefix, **params)
+        return await clients[role](connect, peer, prefix, **params)
     raise SystemExit(f"unknown worker kind {kind!r}")
 
 
