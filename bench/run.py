@@ -640,12 +640,12 @@ async def measure_setup_only(plan: Plan) -> dict[str, Any]:
 # server domain 1 keeps listening, client domain 2 connects, sends one byte, receives it back and
 # closes, again and again (sequential), or on ``setup_ports`` ports at once (concurrent).
 
-CONTENDERS = ("trio_vchan", "c")
+CONTENDERS = ("trio_vchan", "c", "wrapper")
 SETUP_KINDS = ("sequential", "concurrent")
 
 
-async def setup_run(runner: Runner, plan: Plan, kind: str, c: Tools | None) -> dict[str, Any]:
-    """One run of ``kind`` for trio-vchan (``c`` None) or for C libxenvchan."""
+async def setup_run(runner: Runner, plan: Plan, kind: str, contender: str) -> dict[str, Any]:
+    """One run of ``kind`` for ``contender`` (one of CONTENDERS)."""
     prefix = runner.port().replace("bench", "setup") + "-"  # ports prefix0, prefix1, ...
     if kind == "sequential":
         ports, per_port = 1, plan.setup_warmup + plan.setup_connections
@@ -654,17 +654,24 @@ async def setup_run(runner: Runner, plan: Plan, kind: str, c: Tools | None) -> d
         ports, per_port = plan.setup_ports, 1 + plan.setup_rounds
         client = {"ports": ports, "warmup": 1, "rounds": plan.setup_rounds}
     host = runner.host
-    if c is None:
+    path = f"/local/domain/{SERVER}/data/vchan/{CLIENT}/{prefix}"
+    if contender != "c":
         server = {"ports": ports, "connections": per_port, "ring": SETUP_RING}
+        worker, where = ("setup", prefix) if contender == "trio_vchan" else ("cvchan-setup", path)
         commands = [
-            [sys.executable, WORKER, "setup", "serve", str(CLIENT), prefix]
+            [sys.executable, WORKER, worker, "serve", str(CLIENT), where]
             + [f"{k}={v}" for k, v in server.items()],
-            [sys.executable, WORKER, "setup", kind, str(SERVER), prefix]
+            [sys.executable, WORKER, worker, kind, str(SERVER), where]
             + [f"{k}={v}" for k, v in client.items()],
         ]
-        envs = [os.environ | host.environ(SERVER), os.environ | host.environ(CLIENT)]
+        if contender == "trio_vchan":
+            envs = [os.environ | host.environ(d) for d in (SERVER, CLIENT)]
+        else:
+            wrapper = runner.baselines()
+            extra = {"BENCH_CVCHAN": str(wrapper.cvchan)}
+            envs = [wrapper.tools.environ(host.environ(d)) | extra for d in (SERVER, CLIENT)]
     else:
-        path = f"/local/domain/{SERVER}/data/vchan/{CLIENT}/{prefix}"
+        c = runner.baselines().tools
         server_args = [ports, per_port, SETUP_RING, SETUP_RING]
         commands = [
             [str(c.setup), "server", str(CLIENT), path, *map(str, server_args)],
@@ -678,10 +685,10 @@ async def setup_run(runner: Runner, plan: Plan, kind: str, c: Tools | None) -> d
 
 
 async def measure_setup(runner: Runner, plan: Plan) -> dict[str, Any]:
-    """Both setup scenarios, trio-vchan and C in turns, with paired ratios."""
+    """Both setup scenarios, trio-vchan, C and the wrapper in turns, with paired ratios."""
     c = runner.c
-    tools = None if isinstance(c, str) else c.tools
-    contenders = CONTENDERS if tools is not None else CONTENDERS[:1]
+    available = not isinstance(c, str)
+    contenders = CONTENDERS if available else CONTENDERS[:1]
     results: dict[str, Any] = {
         "ring": SETUP_RING,
         "repetitions": plan.setup_repetitions,
@@ -693,12 +700,13 @@ async def measure_setup(runner: Runner, plan: Plan) -> dict[str, Any]:
         for _ in range(plan.setup_repetitions):
             run: dict[str, float] = {}
             for name in contenders:
-                result = await setup_run(runner, plan, kind, tools if name == "c" else None)
+                result = await setup_run(runner, plan, kind, name)
                 run[f"{name}_cps"] = result["connections"] / result["seconds"]
                 run[f"{name}_retries"] = result["retries"]
                 latencies[name] += result.get("latencies", [])
-            if tools is not None:
+            if available:
                 run["ratio"] = run["trio_vchan_cps"] / run["c_cps"]
+                run["ratio_wrapper"] = run["trio_vchan_cps"] / run["wrapper_cps"]
             runs.append(run)
         entry: dict[str, Any] = {
             "connections": (
@@ -709,7 +717,10 @@ async def measure_setup(runner: Runner, plan: Plan) -> dict[str, Any]:
             "ports": 1 if kind == "sequential" else plan.setup_ports,
             "rounds": None if kind == "sequential" else plan.setup_rounds,
             "runs": runs,
-            "median_ratio": median([r["ratio"] for r in runs]) if tools is not None else None,
+            "median_ratio": median([r["ratio"] for r in runs]) if available else None,
+            "median_ratio_wrapper": (
+                median([r["ratio_wrapper"] for r in runs]) if available else None
+            ),
         }
         for name in CONTENDERS:
             if name not in contenders:

@@ -138,9 +138,13 @@ def test_bench_smoke_measures_c_libxenvchan_setup(smoke: Path) -> None:
         for run in setup[kind]["runs"]:
             assert run["c_cps"] > 0
             assert run["ratio"] == pytest.approx(run["trio_vchan_cps"] / run["c_cps"])
+            assert run["wrapper_cps"] > 0
+            assert run["ratio_wrapper"] == pytest.approx(run["trio_vchan_cps"] / run["wrapper_cps"])
         assert setup[kind]["median_ratio"] > 0
+        assert setup[kind]["median_ratio_wrapper"] > 0
     times = setup["sequential"]["c"]["latency"]
     assert 0 < times["min_ms"] <= times["median_ms"] <= times["p99_ms"] <= times["max_ms"]
     report = (smoke / "performance.md").read_text()
     assert "| sequential setup |" in report
     assert "| C libxenvchan |" in report
+    assert "| wrapper |" in report
