@@ -320,17 +320,22 @@ def one_way_section(results: dict[str, Any]) -> list[str]:
         " medians of the per-repetition ratios (each contender over its baseline of the same"
         " repetition), so they need not equal the ratio of the medians shown."
     )
-    header = [NAMES[c] for c in ONE_WAY_COLUMNS] + [ratio_name(k) for k in ONE_WAY_RATIOS]
+    header = [NAMES[c] for c in (*ONE_WAY_COLUMNS, "trio_vchan_two_way")]
     lines += [
         "",
-        "| write | ring | " + " | ".join(header) + " | two-way trio-vchan |",
-        "|---|---|" + "---|" * (len(header) + 1),
+        "| write | ring | " + " | ".join(header) + " |",
+        "|---|---|" + "---|" * len(header),
     ]
     for entry in results["one_way"]:
         rates = entry["MBps"]
-        cells = [cell(rates.get(name)) for name in ONE_WAY_COLUMNS]
-        cells += ["" if (r := ratio(entry, key)) is None else f"{r:.2f}x" for key in ONE_WAY_RATIOS]
-        cells.append(cell(rates.get("trio_vchan_two_way")))
+        cells = [cell(rates.get(name)) for name in (*ONE_WAY_COLUMNS, "trio_vchan_two_way")]
+        label = f"| {size(entry['write'])} | {ring_label(results, entry['ring'])} | "
+        lines.append(label + " | ".join(cells) + " |")
+    lines += ["", "### Paired ratios", ""]
+    header = [ratio_name(k) for k in ONE_WAY_RATIOS]
+    lines += ["| write | ring | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(header)]
+    for entry in results["one_way"]:
+        cells = [times(ratio(entry, key)) for key in ONE_WAY_RATIOS]
         label = f"| {size(entry['write'])} | {ring_label(results, entry['ring'])} | "
         lines.append(label + " | ".join(cells) + " |")
     mixed = [e for e in results["one_way"] if "trio_vchan_to_c" in e["MBps"]]
@@ -367,19 +372,19 @@ def round_trip_section(results: dict[str, Any]) -> list[str]:
         " as long. Ratios are paired medians of the per-repetition medians, baseline time"
         " over contender time (above 1: the contender is faster)."
     )
-    cols = ROUND_TRIP_COLUMNS
-    header = [f"{NAMES[c]} {q}" for c in cols for q in ("median", "p99")]
-    header += [ratio_name(k) for k in ROUND_TRIP_RATIOS]
-    lines += ["", "| message | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
-    for ping in results["round_trips"]:
-        latency = ping["latency"]
-        cells = [
-            cell(latency[c][q], 1) if c in latency else ""
-            for c in cols
-            for q in ("median_us", "p99_us")
-        ]
-        cells += [times(ratio(ping, k)) for k in ROUND_TRIP_RATIOS]
-        lines.append(f"| {size(ping['size'])} | " + " | ".join(cells) + " |")
+    pings = results["round_trips"]
+    header = [f"{size(p['size'])} {q}" for p in pings for q in ("median", "p99")]
+    lines += ["", "| contender | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    for name in ROUND_TRIP_COLUMNS:
+        if all(name in p["latency"] for p in pings):
+            cells = [cell(p["latency"][name][q], 1) for p in pings for q in ("median_us", "p99_us")]
+            lines.append(f"| {NAMES[name]} | " + " | ".join(cells) + " |")
+    header = [size(p["size"]) for p in pings]
+    lines += ["", "| paired ratio | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    for key in ROUND_TRIP_RATIOS:
+        lines.append(
+            f"| {ratio_name(key)} | " + " | ".join(times(ratio(p, key)) for p in pings) + " |"
+        )
     return lines
 
 
