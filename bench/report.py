@@ -516,7 +516,15 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+#: Hand-written analysis (where the time goes, why a target is missed), appended to the
+#: report as it is, so that regenerating the tables keeps it.
+NOTES = Path(__file__).resolve().parent / "notes.md"
+
+
 def write_report(results: dict[str, Any], docs: Path) -> None:
     docs.mkdir(parents=True, exist_ok=True)
-    (docs / "performance.md").write_text(markdown(results))
+    text = markdown(results)
+    if NOTES.exists():
+        text += "\n" + NOTES.read_text()
+    (docs / "performance.md").write_text(text)
     plot(results, docs / "performance.png")

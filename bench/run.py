@@ -51,6 +51,8 @@ PING_SIZES = [1, 64]
 BUSY_POLL = 50e-6
 #: Seconds any one C program may take (it kills itself after that: a lost wake-up fails).
 C_TIMEOUT = 300
+#: Seconds any one run of two programs may take before the bench gives up on it.
+RUN_TIMEOUT = 600
 
 
 @attrs.frozen
@@ -195,9 +197,15 @@ class Runner:
             )
             results[index] = json.loads(done.stdout)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, 0)
-            nursery.start_soon(run, 1)
+        with trio.move_on_after(RUN_TIMEOUT) as deadline:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, 0)
+                nursery.start_soon(run, 1)
+        if deadline.cancelled_caught:
+            raise TimeoutError(
+                f"{commands[0]} and {commands[1]} took more than {RUN_TIMEOUT} s; a lost"
+                " wake-up? Run the two by hand on a simulated host (trio-vchan sim) to see"
+            )
         return results[0], results[1]
 
     def baselines(self) -> Baselines:
@@ -487,8 +495,9 @@ async def check_rings(runner: Runner) -> list[dict[str, Any]]:
             c_ring = 1 << server["write_order"]
             if c_ring != entry["trio_vchan_write_ring"]:
                 raise RuntimeError(
-                    f"rings asked as {ring}: trio-vchan writes into {server['write_ring']} bytes,"
-                    f" C libxenvchan into {c_ring}; the cell's label would be wrong for one"
+                    f"rings asked as {ring}: trio-vchan writes into"
+                    f" {entry['trio_vchan_write_ring']} bytes, C libxenvchan into {c_ring};"
+                    " the cell's label would be wrong for one of them"
                 )
         checked.append(entry)
     return checked
