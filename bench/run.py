@@ -295,6 +295,9 @@ class Contender:
 
 
 # -- one-way throughput: (runner, write, ring, total) -> MB/s at the receiver ------------------
+#
+# A new contender is one such function (usually one_way_between() over a worker scenario of
+# bench/workers.py's SCENARIOS) and one line in ONE_WAY; its ratios, one line in ONE_WAY_RATIOS.
 
 
 def one_way_between(sender: str, receiver: str) -> Callable[..., Awaitable[float]]:
