@@ -53,7 +53,12 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Measure vchan against its baselines; writes bench/results.json and docs/performance.*."""
+    """Measure vchan against its baselines; writes bench/results.json and docs/performance.*.
+
+    The C baselines are built here from the project's files (tests/interop, bench/cvchan.py)
+    with gcc, Xen's headers and libraries and Python's headers (.ci/run's apt-get line); cffi
+    comes with the package. ``nox -s bench -- --smoke --output DIR`` checks it in seconds.
+    """
     session.install(".", "matplotlib")
     session.run("python", "bench/run.py", "--docs", "docs", *session.posargs)
 

@@ -1,13 +1,19 @@
 """The measured side of every benchmark: one process, one end of a stream.
 
     python bench/workers.py vchan serve|connect PEER_DOMID PORT SCENARIO [key=value ...]
+    python bench/workers.py cvchan serve|connect PEER_DOMID PATH SCENARIO [key=value ...]
     python bench/workers.py socket FD SCENARIO [key=value ...]
     python bench/workers.py scale serve|connect PEER_DOMID SCENARIO count=N total=BYTES
     python bench/workers.py setup serve PEER_DOMID PREFIX ports=N connections=N ring=BYTES
     python bench/workers.py setup sequential PEER_DOMID PREFIX warmup=N count=N
     python bench/workers.py setup concurrent PEER_DOMID PREFIX ports=N warmup=N rounds=N
+    python bench/workers.py cvchan-setup serve|sequential|concurrent ... (the same, through
+        bench/cvchan.py; PREFIX is a XenStore path prefix)
 
-A vchan worker finds its simulated host in TRIO_VCHAN_SIM/TRIO_VCHAN_DOMID. Each scenario
+A vchan worker finds its simulated host in TRIO_VCHAN_SIM/TRIO_VCHAN_DOMID; a cvchan worker
+(C libxenvchan through bench/cvchan.py) also needs tests/interop's shim preloaded and the
+compiled wrapper's directory in BENCH_CVCHAN. A server takes its rings' minimum sizes as
+``read_size=`` and ``write_size=`` (default 64 KiB each). Each scenario
 prints one JSON object on stdout. Timing starts at the first byte received (or sent), so
 process start-up and the handshake are not measured, except by the setup scenarios, which
 measure the handshake (after warm-up connections that absorb process start-up).
@@ -15,6 +21,7 @@ measure the handshake (after warm-up connections that absorb process start-up).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -22,7 +29,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import trio
@@ -52,10 +59,13 @@ def open_fds() -> int:
 
 async def source(stream: trio.abc.Stream, total: int, write: int) -> Result:
     block = b"\xa5" * write
+    # An empty vchan ring's free space is its size: what this end really writes into.
+    space: int | None = getattr(stream, "buffer_space", None)
+    ring = {"write_ring": space} if space is not None else {}
     start = time.perf_counter()
     for _ in range(total // write):
         await stream.send_all(block)
-    return {"sent": total, "seconds": time.perf_counter() - start}
+    return {"sent": total, "seconds": time.perf_counter() - start} | ring
 
 
 async def sink(stream: trio.abc.Stream, total: int) -> Result:
@@ -121,17 +131,50 @@ SCENARIOS: dict[str, Callable[..., Awaitable[Result]]] = {
 # -- transports --------------------------------------------------------------------------------
 
 
+#
+# A vchan transport: (role, peer domid, port or path, its own parameters, popped from the
+# scenario's) -> the stream, as an async context manager.
+
+StreamOpener = Callable[[str, int, str, dict[str, Any]], AbstractAsyncContextManager[Any]]
+DEFAULT_RING = 65536
+
+
 @asynccontextmanager
 async def open_vchan(
-    role: str, peer: int, port: str, ring: int, busy_poll: float
+    role: str, peer: int, port: str, params: dict[str, Any]
 ) -> AsyncIterator[trio.abc.Stream]:
+    """trio-vchan."""
+    read_size = params.pop("read_size", DEFAULT_RING)
+    write_size = params.pop("write_size", DEFAULT_RING)
+    busy_poll = params.pop("busy_poll", 0.0)
     if role == "serve":
-        vchan = trio_vchan.serve(peer, port, read_size=ring, write_size=ring)
+        vchan = trio_vchan.serve(peer, port, read_size=read_size, write_size=write_size)
     else:
         vchan = trio_vchan.connect(peer, port)
     async with vchan as stream:
         stream.busy_poll = busy_poll
         yield stream
+
+
+@asynccontextmanager
+async def open_cvchan(
+    role: str, peer: int, path: str, params: dict[str, Any]
+) -> AsyncIterator[trio.abc.Stream]:
+    """C libxenvchan through the cffi wrapper (bench/cvchan.py)."""
+    import cvchan
+
+    native = cvchan.load(os.environ["BENCH_CVCHAN"])
+    read_size = params.pop("read_size", DEFAULT_RING)
+    write_size = params.pop("write_size", DEFAULT_RING)
+    if role == "serve":
+        vchan = cvchan.serve(native, peer, path, read_size, write_size)
+    else:
+        vchan = cvchan.connect(native, peer, path)
+    async with vchan as stream:
+        yield stream
+
+
+VCHANS: dict[str, StreamOpener] = {"vchan": open_vchan, "cvchan": open_cvchan}
 
 
 async def run_stream(stream_cm: Any, scenario: str, params: dict[str, int]) -> Result:
@@ -226,6 +269,17 @@ async def scale_connect(peer: int, count: int, total: int) -> Result:
 #
 # The same scenarios as tests/interop/vchan_setup.c runs on C libxenvchan (bench/run.py pairs
 # them): a server that keeps listening, a client connecting again and again, and many of both.
+# The clients take the transport's connect(peer, port); the servers differ: trio-vchan keeps
+# a listener, libxenvchan (and so the wrapper) serves one connection per server_init.
+
+Connect = Callable[[int, str], AbstractAsyncContextManager[trio.abc.Stream]]
+
+
+async def echo_one_byte(stream: trio.abc.Stream) -> None:
+    byte = await stream.receive_some(1)
+    if not byte:
+        raise EOFError("the client closed before sending its byte")
+    await stream.send_all(byte)
 
 
 async def setup_serve(peer: int, prefix: str, ports: int, connections: int, ring: int) -> Result:
@@ -240,10 +294,7 @@ async def setup_serve(peer: int, prefix: str, ports: int, connections: int, ring
         ) as listener:
             for _ in range(connections):
                 async with await listener.accept() as stream:
-                    byte = await stream.receive_some(1)
-                    if not byte:
-                        raise EOFError("the client closed before sending its byte")
-                    await stream.send_all(byte)
+                    await echo_one_byte(stream)
 
     async with trio.open_nursery() as nursery:
         for i in range(ports):
@@ -251,38 +302,61 @@ async def setup_serve(peer: int, prefix: str, ports: int, connections: int, ring
     return {"served": ports * connections}
 
 
-async def one_setup(peer: int, port: str) -> None:
+async def cvchan_setup_serve(
+    peer: int, prefix: str, ports: int, connections: int, ring: int
+) -> Result:
+    """:func:`setup_serve` through the wrapper: a libxenvchan server per connection."""
+    import cvchan
+
+    native = cvchan.load(os.environ["BENCH_CVCHAN"])
+
+    async def listen(path: str) -> None:
+        for _ in range(connections):
+            async with cvchan.serve(native, peer, path, ring, ring) as stream:
+                await echo_one_byte(stream)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(ports):
+            nursery.start_soon(listen, f"{prefix}{i}")
+    return {"served": ports * connections}
+
+
+async def one_setup(connect: Connect, peer: int, port: str) -> None:
     """Connect, send one byte, receive it back, close."""
-    async with trio_vchan.connect(peer, port) as stream:
+    async with connect(peer, port) as stream:
         await stream.send_all(b"x")
         echo = await stream.receive_some(1)
         if echo != b"x":
             raise EOFError(f"the echo was {echo!r}, not b'x'")
 
 
-async def setup_sequential(peer: int, prefix: str, warmup: int, count: int) -> Result:
+async def setup_sequential(
+    connect: Connect, peer: int, prefix: str, warmup: int, count: int
+) -> Result:
     """``warmup`` untimed connections on port ``prefix0``, then ``count`` timed ones."""
     port = f"{prefix}0"
     for _ in range(warmup):
-        await one_setup(peer, port)
+        await one_setup(connect, peer, port)
     latencies = []
     start = time.perf_counter()
     for _ in range(count):
         begin = time.perf_counter()
-        await one_setup(peer, port)
+        await one_setup(connect, peer, port)
         latencies.append(time.perf_counter() - begin)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "connections": count, "retries": 0, "latencies": latencies}
 
 
-async def setup_concurrent(peer: int, prefix: str, ports: int, warmup: int, rounds: int) -> Result:
+async def setup_concurrent(
+    connect: Connect, peer: int, prefix: str, ports: int, warmup: int, rounds: int
+) -> Result:
     """Rounds of one connection on each of ``ports`` ports at once; ``warmup`` untimed."""
     seconds = 0.0
     for round_number in range(warmup + rounds):
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for i in range(ports):
-                nursery.start_soon(one_setup, peer, f"{prefix}{i}")
+                nursery.start_soon(one_setup, connect, peer, f"{prefix}{i}")
         if round_number >= warmup:
             seconds += time.perf_counter() - start
     return {"seconds": seconds, "connections": ports * rounds, "retries": 0}
@@ -299,11 +373,11 @@ def parse(pairs: list[str]) -> dict[str, Any]:
 async def main(argv: list[str]) -> Result:
     raise_fd_limit()
     kind = argv[0]
-    if kind == "vchan":
+    if kind in VCHANS:
         role, peer, port, scenario = argv[1], int(argv[2]), argv[3], argv[4]
         params = parse(argv[5:])
-        ring, busy_poll = params.pop("ring", 65536), params.pop("busy_poll", 0.0)
-        return await run_stream(open_vchan(role, peer, port, ring, busy_poll), scenario, params)
+        opened = VCHANS[kind](role, peer, port, params)
+        return await run_stream(opened, scenario, params)
     if kind == "socket":
         fd, scenario, params = int(argv[1]), argv[2], parse(argv[3:])
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
@@ -311,14 +385,21 @@ async def main(argv: list[str]) -> Result:
     if kind == "scale":
         role, peer, params = argv[1], int(argv[2]), parse(argv[4:])
         return await (scale_serve if role == "serve" else scale_connect)(peer, **params)
-    if kind == "setup":
+    if kind in ("setup", "cvchan-setup"):
         role, peer, prefix, params = argv[1], int(argv[2]), argv[3], parse(argv[4:])
-        setups: dict[str, Callable[..., Awaitable[Result]]] = {
-            "serve": setup_serve,
+        if role == "serve":
+            serve = setup_serve if kind == "setup" else cvchan_setup_serve
+            return await serve(peer, prefix, **params)
+        connect: Connect = trio_vchan.connect
+        if kind == "cvchan-setup":
+            import cvchan
+
+            connect = functools.partial(cvchan.connect, cvchan.load(os.environ["BENCH_CVCHAN"]))
+        clients: dict[str, Callable[..., Awaitable[Result]]] = {
             "sequential": setup_sequential,
             "concurrent": setup_concurrent,
         }
-        return await setups[role](peer, prefix, **params)
+        return await clients[role](connect, peer, prefix, **params)
     raise SystemExit(f"unknown worker kind {kind!r}")
 
 

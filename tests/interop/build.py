@@ -10,6 +10,8 @@
   simulated XenStore's socket, found through ``XENSTORED_PATH``).
 - ``vchan-setup`` (vchan_setup.c): libxenvchan servers and clients that connect, exchange one
   byte and close, for the connection-setup benchmark (bench/run.py).
+- ``vchan-bench`` (vchan_bench.c): libxenvchan's data path driven by a C program (one-way
+  streams, round trips, file copies), the reference of the throughput benchmarks.
 
 Everything is compiled with ``-Wall -Wextra -Werror``. :func:`missing` says what is not
 installed, so that the tests skip with that reason; a failing compilation is an error.
@@ -50,6 +52,7 @@ class Tools:
     xcstub: Path
     node: Path
     setup: Path
+    bench: Path
 
     def environ(self, sim_environ: Mapping[str, str], *, xenctrl: bool = False) -> dict[str, str]:
         """The environment of a C program joining the simulated host.
@@ -101,7 +104,12 @@ def missing() -> str | None:
     return None
 
 
-def _gcc(*args: str | os.PathLike[str]) -> None:
+def compile_c(*args: str | os.PathLike[str]) -> None:
+    """Run gcc with this project's flags and ``args``.
+
+    Raises:
+        BuildError: gcc failed (with its output).
+    """
     command = ["gcc", *CFLAGS, *map(str, args)]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=_COMPILE_TIMEOUT, check=False
@@ -122,12 +130,14 @@ def build(destination: Path) -> Tools:
         xcstub=destination / "libtrio-vchan-xcstub.so",
         node=destination / "vchan-node",
         setup=destination / "vchan-setup",
+        bench=destination / "vchan-bench",
     )
     library = ("-fPIC", "-shared", "-fvisibility=hidden")
-    _gcc(*library, "-o", tools.shim, HERE / "xenshim.c")
-    _gcc(*library, "-o", tools.xcstub, HERE / "xcstub.c")
-    _gcc("-o", tools.node, HERE / "vchan_node.c", "-lxenvchan", "-lxenstore")
-    _gcc("-pthread", "-o", tools.setup, HERE / "vchan_setup.c", "-lxenvchan", "-lxenstore")
+    compile_c(*library, "-o", tools.shim, HERE / "xenshim.c")
+    compile_c(*library, "-o", tools.xcstub, HERE / "xcstub.c")
+    compile_c("-o", tools.node, HERE / "vchan_node.c", "-lxenvchan", "-lxenstore")
+    compile_c("-pthread", "-o", tools.setup, HERE / "vchan_setup.c", "-lxenvchan", "-lxenstore")
+    compile_c("-o", tools.bench, HERE / "vchan_bench.c", "-lxenvchan", "-lxenstore")
     return tools
 
 
