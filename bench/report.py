@@ -22,6 +22,7 @@ def size(n: int) -> str:
 NAMES = {
     "trio_vchan": "trio-vchan",
     "trio_vchan_busy_poll": "trio-vchan busy-poll",
+    "trio_vchan_messages": "trio-vchan nowait",
     "wrapper": "wrapper",
     "c": "C",
     "c_busy_poll": "C busy-poll",
@@ -31,8 +32,14 @@ NAMES = {
     "c_to_trio_vchan": "C -> trio-vchan",
     "trio_vchan_two_way": "two-way trio-vchan",
 }
-ONE_WAY_COLUMNS = ("trio_vchan", "wrapper", "c", "socketpair", "memcpy")
-ONE_WAY_RATIOS = ("trio_vchan/wrapper", "trio_vchan/c", "wrapper/c", "trio_vchan/socketpair")
+ONE_WAY_COLUMNS = ("trio_vchan", "trio_vchan_messages", "wrapper", "c", "socketpair", "memcpy")
+ONE_WAY_RATIOS = (
+    "trio_vchan/wrapper",
+    "trio_vchan/c",
+    "trio_vchan_messages/c",
+    "wrapper/c",
+    "trio_vchan/socketpair",
+)
 ROUND_TRIP_COLUMNS = (
     "trio_vchan",
     "wrapper",
@@ -141,6 +148,11 @@ def issue_targets(results: dict[str, Any]) -> list[Target]:
         entry = one_way(results, write, MIB)
         target = f"{size(write)} writes, 1 MiB rings: trio-vchan >= {goal}x C"
         rows.append(at_least(target, ratio(entry, "trio_vchan/c"), goal))
+    for write, goal in ((64, 0.03), (KIB, 0.1)):
+        lowest, cell = worst(results, "trio_vchan_messages/c", (write,))
+        shown = f"{lowest:.3f}x (lowest, at {cell})" if measured else ""
+        target = f"{size(write)} messages (send_nowait, receive_into_nowait): >= {goal}x C"
+        rows.append(at_least(target, lowest if measured else None, goal, shown))
     value = ratio(ping, "trio_vchan_busy_poll/c")
     shown = (
         f"{latency['trio_vchan_busy_poll']['median_us']:.1f} vs {latency['c']['median_us']:.1f} us"

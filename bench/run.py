@@ -300,15 +300,22 @@ class Contender:
 # bench/workers.py's SCENARIOS) and one line in ONE_WAY; its ratios, one line in ONE_WAY_RATIOS.
 
 
-def one_way_between(sender: str, receiver: str) -> Callable[..., Awaitable[float]]:
-    """A source of kind ``sender`` (the server) and a sink of kind ``receiver``."""
+def one_way_between(
+    sender: str, receiver: str, source: str = "source", sink: str = "sink"
+) -> Callable[..., Awaitable[float]]:
+    """A ``source`` scenario over a transport of kind ``sender`` (the server) and a ``sink``
+    over one of kind ``receiver``."""
 
     async def run(runner: Runner, write: int, ring: Ring, total: int) -> float:
-        source = End(sender, "source", {"total": total, "write": write})
-        _, sink = await runner.stream(source, End(receiver, "sink", {"total": total}), ring)
-        return mb_per_s(total, sink["seconds"])
+        sending = End(sender, source, {"total": total, "write": write})
+        _, received = await runner.stream(sending, End(receiver, sink, {"total": total}), ring)
+        return mb_per_s(total, received["seconds"])
 
     return run
+
+
+def small(write: int, ring: Ring) -> bool:
+    return write <= KIB
 
 
 async def two_way(runner: Runner, write: int, ring: Ring, total: int) -> float:
@@ -336,6 +343,11 @@ def mixed(write: int, ring: Ring) -> bool:
 
 ONE_WAY = (
     Contender("trio_vchan", one_way_between("vchan", "vchan")),
+    Contender(
+        "trio_vchan_messages",
+        one_way_between("vchan", "vchan", "message_source", "message_sink"),
+        cells=small,
+    ),
     Contender("wrapper", one_way_between("cvchan", "cvchan"), needs_c=True),
     Contender("c", one_way_between("c", "c"), needs_c=True),
     Contender("trio_vchan_to_c", one_way_between("vchan", "c"), needs_c=True, cells=mixed),
@@ -347,6 +359,8 @@ ONE_WAY = (
 #: (contender, baseline): each one-way cell's paired ratios.
 ONE_WAY_RATIOS = (
     ("trio_vchan", "c"),
+    ("trio_vchan_messages", "c"),
+    ("trio_vchan_messages", "wrapper"),
     ("trio_vchan", "wrapper"),
     ("trio_vchan", "socketpair"),
     ("wrapper", "c"),

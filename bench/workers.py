@@ -119,9 +119,41 @@ async def pong(stream: trio.abc.Stream, count: int, size: int) -> Result:
     return {}
 
 
+async def message_source(stream: trio_vchan.VchanStream, total: int, write: int) -> Result:
+    """Whole messages without a scheduler pass each: send_nowait, and send_all only when the
+    ring is full (a producer of many small messages)."""
+    block = b"\xa5" * write
+    start = time.perf_counter()
+    for _ in range(total // write):
+        try:
+            stream.send_nowait(block)
+        except trio.WouldBlock:
+            await stream.send_all(block)
+    return {"sent": total, "seconds": time.perf_counter() - start}
+
+
+async def message_sink(stream: trio_vchan.VchanStream, total: int) -> Result:
+    """Everything that has arrived into one reused buffer, waiting only when nothing has."""
+    buffer = bytearray(1 << 20)
+    received, start = 0, 0.0
+    while received < total:
+        try:
+            count = stream.receive_into_nowait(buffer)
+        except trio.WouldBlock:
+            count = await stream.receive_into(buffer)
+        if not count:
+            raise EOFError(f"end of stream after {received} of {total} bytes")
+        if not received:
+            start = time.perf_counter()
+        received += count
+    return {"received": received, "seconds": time.perf_counter() - start}
+
+
 SCENARIOS: dict[str, Callable[..., Awaitable[Result]]] = {
     "source": source,
     "sink": sink,
+    "message_source": message_source,
+    "message_sink": message_sink,
     "duplex": duplex,
     "ping": ping,
     "pong": pong,
