@@ -10,6 +10,7 @@ it (.ci/run): there it fails. A baseline that stops producing numbers fails the 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -81,7 +82,8 @@ def test_bench_smoke_produces_results_and_report(smoke: Path) -> None:
     assert "| 64 KiB | 1 MiB |" in report
     assert "| 64 B | 2 KiB in-page |" in report
     assert "## File-to-file copy" in report
-    assert (smoke / "performance.png").stat().st_size > 0
+    if importlib.util.find_spec("matplotlib") is not None:  # nox -s bench installs it
+        assert (smoke / "performance.png").stat().st_size > 0
 
 
 def test_bench_smoke_measures_the_c_baselines(smoke: Path) -> None:
