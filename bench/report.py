@@ -23,6 +23,7 @@ NAMES = {
     "trio_vchan": "trio-vchan",
     "trio_vchan_busy_poll": "trio-vchan busy-poll",
     "trio_vchan_messages": "trio-vchan nowait",
+    "trio_vchan_into": "trio-vchan receive_into",
     "wrapper": "wrapper",
     "c": "C",
     "c_busy_poll": "C busy-poll",
@@ -32,10 +33,19 @@ NAMES = {
     "c_to_trio_vchan": "C -> trio-vchan",
     "trio_vchan_two_way": "two-way trio-vchan",
 }
-ONE_WAY_COLUMNS = ("trio_vchan", "trio_vchan_messages", "wrapper", "c", "socketpair", "memcpy")
+ONE_WAY_COLUMNS = (
+    "trio_vchan",
+    "trio_vchan_into",
+    "trio_vchan_messages",
+    "wrapper",
+    "c",
+    "socketpair",
+    "memcpy",
+)
 ONE_WAY_RATIOS = (
     "trio_vchan/wrapper",
     "trio_vchan/c",
+    "trio_vchan_into/c",
     "trio_vchan_messages/c",
     "wrapper/c",
     "trio_vchan/socketpair",
@@ -148,6 +158,8 @@ def issue_targets(results: dict[str, Any]) -> list[Target]:
         entry = one_way(results, write, MIB)
         target = f"{size(write)} writes, 1 MiB rings: trio-vchan >= {goal}x C"
         rows.append(at_least(target, ratio(entry, "trio_vchan/c"), goal))
+        target = f"{size(write)} writes, 1 MiB rings, receive_into: trio-vchan >= {goal}x C"
+        rows.append(at_least(target, ratio(entry, "trio_vchan_into/c"), goal))
     for write, goal in ((64, 0.03), (KIB, 0.1)):
         lowest, cell = worst(results, "trio_vchan_messages/c", (write,))
         shown = f"{lowest:.3f}x (lowest, at {cell})" if measured else ""

@@ -343,6 +343,7 @@ def mixed(write: int, ring: Ring) -> bool:
 
 ONE_WAY = (
     Contender("trio_vchan", one_way_between("vchan", "vchan")),
+    Contender("trio_vchan_into", one_way_between("vchan", "vchan", sink="sink_into")),
     Contender(
         "trio_vchan_messages",
         one_way_between("vchan", "vchan", "message_source", "message_sink"),
@@ -359,6 +360,7 @@ ONE_WAY = (
 #: (contender, baseline): each one-way cell's paired ratios.
 ONE_WAY_RATIOS = (
     ("trio_vchan", "c"),
+    ("trio_vchan_into", "c"),
     ("trio_vchan_messages", "c"),
     ("trio_vchan_messages", "wrapper"),
     ("trio_vchan", "wrapper"),

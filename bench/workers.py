@@ -149,11 +149,26 @@ async def message_sink(stream: trio_vchan.VchanStream, total: int) -> Result:
     return {"received": received, "seconds": time.perf_counter() - start}
 
 
+async def sink_into(stream: trio_vchan.VchanStream, total: int) -> Result:
+    """The sink with one reused buffer (receive_into): no allocation per chunk."""
+    buffer = bytearray(1 << 20)
+    received, start = 0, 0.0
+    while received < total:
+        count = await stream.receive_into(buffer)
+        if not count:
+            raise EOFError(f"end of stream after {received} of {total} bytes")
+        if not received:
+            start = time.perf_counter()
+        received += count
+    return {"received": received, "seconds": time.perf_counter() - start}
+
+
 SCENARIOS: dict[str, Callable[..., Awaitable[Result]]] = {
     "source": source,
     "sink": sink,
     "message_source": message_source,
     "message_sink": message_sink,
+    "sink_into": sink_into,
     "duplex": duplex,
     "ping": ping,
     "pong": pong,
