@@ -19,12 +19,12 @@ from ._options import (
     add_domain_options,
     add_output_options,
     add_wait_options,
-    domid,
+    domain,
     handshake_timeout,
     port,
     subcommand_parser,
 )
-from ._platform import open_backend
+from ._platform import open_backend, resolve_domain
 from ._progress import ProgressLine
 from ._signals import run_interruptible
 from ._status import CommandError, ExitStatus, describe
@@ -95,7 +95,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="be the server: wait for a connection from domain DOMID",
     )
     parser.add_argument(
-        "peer", type=domid, metavar="DOMID", help="the other domain (the client with -l)"
+        "peer",
+        type=domain,
+        metavar="DOMID",
+        help="the other domain (the client with -l): its id, or its name (as xl list shows)",
     )
     parser.add_argument(
         "port", type=port, metavar="PORT", help="the vchan's name ([a-zA-Z0-9_-]+) or path"
@@ -135,19 +138,19 @@ def _wants_progress(requested: bool | None) -> bool:
 
 
 def _open_vchan(
-    args: argparse.Namespace, backend: Backend
+    args: argparse.Namespace, backend: Backend, peer: int
 ) -> AbstractAsyncContextManager[VchanStream]:
     if args.listen:
         size: int = args.buffer_size
         return _api.serve(
-            args.peer,
+            peer,
             args.port,
             read_size=size,
             write_size=size,
             backend=backend,
             handshake_timeout=handshake_timeout(args.handshake_timeout),
         )
-    return _api.connect(args.peer, args.port, backend=backend)
+    return _api.connect(peer, args.port, backend=backend)
 
 
 def _say(message: str) -> None:
@@ -162,13 +165,14 @@ async def _cat(args: argparse.Namespace) -> int:
     nothing_to_send = stdin_is_null()
     ending: Ending | ExitStatus = ExitStatus.OK
     with open_backend(args.domid) as backend:
-        check_other_domain(backend.domid, args.peer)
-        wait = Wait.between(backend.domid, args.peer, args.port, listening=args.listen)
+        peer = await resolve_domain(args.peer, backend)
+        check_other_domain(backend.domid, peer)
+        wait = Wait.between(backend.domid, peer, args.port, listening=args.listen)
         notify = None if args.progress is False else _say
         try:
             async with (
                 waiting(wait, give_up_after=args.timeout, notify=notify) as connected,
-                _open_vchan(args, backend) as vchan,
+                _open_vchan(args, backend, peer) as vchan,
             ):
                 connected()
                 async with open_stdout() as stdout:
