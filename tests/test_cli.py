@@ -124,6 +124,9 @@ def no_traceback(stderr: bytes) -> None:
     assert b"Traceback" not in stderr, stderr.decode(errors="replace")
 
 
+#: What xencat says on stderr, and ``trio-vchan cat`` too (not with ``--quiet``).
+XENCAT_LINES = b"Connected.\nDisconnected.\n"
+
 _NOTICE = re.compile(rb"trio-vchan \w+: waiting for domain \d+ to (serve|connect to) '.*' \(.*\)\n")
 
 
@@ -190,7 +193,7 @@ async def test_help(args: tuple[str, ...], expected: list[str]) -> None:
         ((), "required: COMMAND"),
         (("dance",), "invalid choice: 'dance'"),
         (("cat",), "required: DOMID, PORT"),
-        (("cat", "one", "foo"), "a domain id is a decimal number, not 'one'"),
+        (("cat", "dom/1", "foo"), "a domain is an id (a decimal number) or a name without '/'"),
         (("cat", "32752", "foo"), "domid must be 0..32751, not 32752"),
         (("cat", "1", "no spaces"), "port"),
         (("cat", "--buffer-size", "0", "1", "foo"), "the buffer size must be 1..1048576"),
@@ -200,7 +203,7 @@ async def test_help(args: tuple[str, ...], expected: list[str]) -> None:
         (("cat", "--progress", "--quiet", "1", "foo"), "not allowed with argument"),
         (("cat", "--domid", "-3", "1", "foo"), "argument --domid: a domain id"),
         (("proxy", "-l", "1", "foo"), "one of the arguments --unix --tcp is required"),
-        (("proxy", "-l", "1,1", "foo", "--unix", "s"), "a domain id is repeated in '1,1'"),
+        (("proxy", "-l", "1,1", "foo", "--unix", "s"), "a domain is repeated in '1,1'"),
         (("proxy", "-l", "1", "foo", "--tcp", "80"), "expected HOST:PORT or :PORT, not '80'"),
         (("proxy", "-l", "1", "foo", "--tcp", ":99999"), "a TCP port is 0..65535, not 99999"),
         (("proxy", "-l", "1", "foo", "--tcp", "::1:80"), "write an IPv6 host in brackets"),
@@ -289,8 +292,9 @@ async def test_listener_receives_a_file_and_both_end(sim: SimulatedHost) -> None
     assert (receiver.returncode, sender.returncode) == (0, 0)
     assert receiver.stdout == data
     assert sender.stdout == b""
-    # no progress unless stderr is a terminal
-    assert without_notices(receiver.stderr) == without_notices(sender.stderr) == b""
+    # no progress unless stderr is a terminal; xencat's two lines, word for word
+    assert without_notices(receiver.stderr) == XENCAT_LINES
+    assert without_notices(sender.stderr) == XENCAT_LINES
 
 
 async def test_listener_sends_and_the_client_receives(sim: SimulatedHost) -> None:
@@ -427,11 +431,15 @@ async def test_stdout_closed_early_ends_quietly(sim: SimulatedHost) -> None:
                     capture_stderr=True,
                 )
             assert head.stdout.split() == [b"100000"]
-            assert head.stderr.split() == [b"141"]  # nothing but the status we echoed
+            # nothing but xencat's first line and the status we echoed
+            assert head.stderr.split() == [b"Connected.", b"141"]
             assert await wait(sender) == ExitStatus.FAILURE
             assert sender.stderr is not None
             message = without_notices(await read_all(sender.stderr)).decode()
-            assert message == "trio-vchan cat: the peer closed the vchan before the end of stdin\n"
+            assert message == (
+                "Connected.\nDisconnected.\n"
+                "trio-vchan cat: the peer closed the vchan before the end of stdin\n"
+            )
 
 
 @pytest.mark.parametrize(
@@ -479,7 +487,8 @@ async def test_ctrl_c_closes_the_vchan_cleanly(
 
 
 @pytest.mark.parametrize(
-    ("options", "message"), [((), b"trio-vchan cat: the peer closed the vchan\n"), (("-q",), b"")]
+    ("options", "message"),
+    [((), XENCAT_LINES + b"trio-vchan cat: the peer closed the vchan\n"), (("-q",), b"")],
 )
 async def test_the_peer_closing_an_interactive_cat_ends_it_plainly(
     sim: SimulatedHost, options: tuple[str, ...], message: bytes
@@ -534,12 +543,14 @@ async def test_a_peer_that_dies(sim: SimulatedHost, killed: str) -> None:
 # -- progress ---------------------------------------------------------------------------------
 
 
-async def send_with_options(sim: SimulatedHost, *options: str) -> bytes:
+async def send_with_options(
+    sim: SimulatedHost, *options: str, stdin: bytes | Stdio = bytes(4 * MiB)
+) -> bytes:
     """Send 4 MiB with ``options``; return the sender's stderr."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_cli, domain_environ(sim, 2), "cat", "-l", "1", "progress")
         sender = await run_cli(
-            domain_environ(sim, 1), "cat", *options, "2", "progress", stdin=bytes(4 * MiB)
+            domain_environ(sim, 1), "cat", *options, "2", "progress", stdin=stdin
         )
     assert sender.returncode == 0
     return sender.stderr
@@ -548,7 +559,30 @@ async def send_with_options(sim: SimulatedHost, *options: str) -> bytes:
 async def test_progress_forced_reports_the_rate(sim: SimulatedHost) -> None:
     stderr = (await send_with_options(sim, "--progress")).decode()
     final = stderr.replace("\x1b[K", "").split("\r")[-1]
-    assert re.fullmatch(r"sent 4\.00 MiB, received 0 B in [\d.]+ s \([\d.]+ \S+/s\)\n", final)
+    assert re.fullmatch(
+        r"sent 4\.00 MiB, received 0 B in [\d.]+ s \([\d.]+ \S+/s\)\nDisconnected\.\n", final
+    )
+
+
+async def test_progress_of_a_file_shows_the_part_sent(sim: SimulatedHost, tmp_path: Path) -> None:
+    """With standard input a regular file, its size is known: the line says how much of it
+    was sent (the first line comes with the first data)."""
+    source = tmp_path / "four-mib"
+    source.write_bytes(bytes(4 * MiB))
+    with source.open("rb") as stdin:
+        stderr = (await send_with_options(sim, "--progress", stdin=stdin)).decode()
+    assert re.search(r"\rsent [\d.]+ \S+ of 4\.00 MiB \(\d+%\), received 0 B in ", stderr), stderr
+
+
+def test_the_running_line_has_the_percentage_and_the_time_left() -> None:
+    from trio_vchan._cli._bridge import Transfer
+    from trio_vchan._cli._progress import format_duration, running_line
+
+    transfer = Transfer(sent=MiB, received=0)
+    line = running_line(transfer, 2.0, 4 * MiB)
+    assert line == "sent 1.00 MiB of 4.00 MiB (25%), received 0 B in 2.0 s (512 KiB/s), ETA 0:06"
+    assert running_line(transfer, 2.0, None) == "sent 1.00 MiB, received 0 B in 2.0 s (512 KiB/s)"
+    assert [format_duration(s) for s in (0, 0.2, 83, 3723)] == ["0:00", "0:01", "1:23", "1:02:03"]
 
 
 async def test_quiet_prints_nothing(sim: SimulatedHost) -> None:
@@ -564,6 +598,52 @@ async def test_progress_by_default_on_a_terminal(sim: SimulatedHost) -> None:
     assert b"sent 4.00 MiB, received 0 B in" in stderr
 
 
+async def test_a_sender_at_a_terminal_shows_progress(sim: SimulatedHost, tmp_path: Path) -> None:
+    """``trio-vchan cat 2 foo < foo`` typed at a terminal (stdout and stderr the terminal,
+    stdin a file) shows progress, with the part of the file sent; a conversation does not
+    (stdin the terminal too: see test_the_peer_closing_an_interactive_cat_ends_it_plainly)."""
+    source = tmp_path / "file"
+    source.write_bytes(bytes(MiB))
+    controller, terminal = os.openpty()
+    try:
+        with source.open("rb") as stdin:
+            async with (
+                trio.open_nursery() as nursery,
+                cli(
+                    domain_environ(sim, 1),
+                    *("cat", "2", "tty"),
+                    stdin=stdin,
+                    stdout=terminal,
+                    stderr=terminal,
+                ) as sender,
+            ):
+                os.close(terminal)
+                terminal = -1
+                nursery.start_soon(run_cli, domain_environ(sim, 2), "cat", "-l", "1", "tty")
+                assert await wait(sender) == 0
+        output = drain_terminal(controller)
+    finally:
+        os.close(controller)
+        if terminal != -1:
+            os.close(terminal)
+    assert re.search(rb"sent [\d.]+ \S+ of 1\.00 MiB \(\d+%\)", output), output
+
+
+def drain_terminal(controller: int) -> bytes:
+    """Everything written to the terminal whose controlling side is ``controller``."""
+    output = b""
+    os.set_blocking(controller, False)
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except (BlockingIOError, OSError):  # EIO: the terminal's last writer is gone
+            break
+        if not chunk:
+            break
+        output += chunk
+    return output
+
+
 async def send_with_options_on(sim: SimulatedHost, terminal: int, controller: int) -> bytes:
     async with (
         trio.open_nursery() as nursery,
@@ -577,17 +657,7 @@ async def send_with_options_on(sim: SimulatedHost, terminal: int, controller: in
         await sender.stdin.send_all(bytes(4 * MiB))
         await sender.stdin.aclose()
         assert await wait(sender) == 0
-    output = b""
-    os.set_blocking(controller, False)
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except (BlockingIOError, OSError):  # EIO: the terminal's last writer is gone
-            break
-        if not chunk:
-            break
-        output += chunk
-    return output
+    return drain_terminal(controller)
 
 
 # -- proxy ------------------------------------------------------------------------------------

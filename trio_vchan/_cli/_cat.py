@@ -8,6 +8,7 @@ import os
 import sys
 from contextlib import AbstractAsyncContextManager
 from functools import partial
+from typing import Final
 
 import trio
 
@@ -34,6 +35,7 @@ from ._stdio import (
     stderr_is_terminal,
     stdin_is_null,
     stdin_is_terminal,
+    stdin_size,
 )
 from ._waiting import Wait, check_other_domain, waiting
 
@@ -42,9 +44,10 @@ Connect standard input and output to a vchan, as xencat does.
 
 With -l, this domain is the vchan server: it waits for one connection from domain DOMID on
 PORT. Without -l it is the client: it connects to the server in domain DOMID (waiting until
-that server is there). Standard input goes to the vchan, the vchan to standard output.
-A wait longer than a second is mentioned once on stderr (unless --quiet); --timeout
-gives up.
+that server is there). DOMID is a domain id or a domain's name. Standard input goes to the
+vchan, the vchan to standard output. As xencat, it says "Connected." on stderr once
+connected and "Disconnected." once the vchan has closed (unless --quiet). A wait longer
+than a second is mentioned once on stderr (unless --quiet); --timeout gives up.
 
 vchan has no half-close, so cat ends when either direction ends:
   - the peer closes the vchan: whatever it sent is written out, then cat exits (with
@@ -132,9 +135,15 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _wants_progress(requested: bool | None) -> bool:
+    """``--progress``/``--quiet``, else on a terminal unless it is a conversation: shown when
+    the output goes elsewhere (receiving a file) or the input comes from elsewhere (sending
+    one), not when someone types and reads at the terminal."""
     if requested is not None:
         return requested
-    return stderr_is_terminal() and not os.isatty(1)
+    if not stderr_is_terminal():
+        return False
+    sending = not stdin_is_terminal() and not stdin_is_null()
+    return not os.isatty(1) or sending
 
 
 def _open_vchan(
@@ -153,14 +162,21 @@ def _open_vchan(
     return _api.connect(peer, args.port, backend=backend)
 
 
-def _say(message: str) -> None:
+def _say(message: str, *, prefix: str = "trio-vchan cat: ") -> None:
     # As for progress: a message is not worth failing the transfer for.
     with contextlib.suppress(BlockingIOError, BrokenPipeError):
-        print(f"trio-vchan cat: {message}", file=sys.stderr, flush=True)
+        print(f"{prefix}{message}", file=sys.stderr, flush=True)
+
+
+#: xencat's own lines on stderr, word for word, for scripts that wait for them.
+CONNECTED: Final = "Connected."
+DISCONNECTED: Final = "Disconnected."
 
 
 async def _cat(args: argparse.Namespace) -> int:
-    progress = ProgressLine(sys.stderr) if _wants_progress(args.progress) else None
+    progress = (
+        ProgressLine(sys.stderr, total=stdin_size()) if _wants_progress(args.progress) else None
+    )
     transfer = Transfer(observer=progress)
     nothing_to_send = stdin_is_null()
     ending: Ending | ExitStatus = ExitStatus.OK
@@ -175,6 +191,8 @@ async def _cat(args: argparse.Namespace) -> int:
                 _open_vchan(args, backend, peer) as vchan,
             ):
                 connected()
+                if notify is not None:
+                    _say(CONNECTED, prefix="")
                 async with open_stdout() as stdout:
                     if progress is not None:
                         progress.start()
@@ -184,6 +202,8 @@ async def _cat(args: argparse.Namespace) -> int:
                 progress.finish(transfer)
     if isinstance(ending, ExitStatus):
         return ending
+    if notify is not None:  # the vchan closed without an error (as xencat, whatever the input)
+        _say(DISCONNECTED, prefix="")
     if ending is Ending.PEER_CLOSED_DURING_INPUT:
         # Unsent input matters in a pipe (a transfer cut short); at a terminal, the peer
         # hanging up is how a conversation ends (as ssh's "Connection to ... closed.").

@@ -52,7 +52,7 @@ def domains(text: str) -> list[Domain]:
     """
     parsed = [domain(item) for item in text.split(",")]
     if len(set(parsed)) != len(parsed):
-        raise argparse.ArgumentTypeError(f"a domain id is repeated in {text!r}")
+        raise argparse.ArgumentTypeError(f"a domain is repeated in {text!r}")
     return parsed
 
 
