@@ -174,7 +174,11 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
 async def run(args: argparse.Namespace, prog: str = PROG) -> int:
     """Run the proxy until its session ends or it is stopped; return the exit status."""
     log = ProxyLog(quiet=not args.verbose, prog=prog)
-    return await run_interruptible(partial(_run, args, log))
+    try:
+        return await run_interruptible(partial(_run, args, log))
+    except CommandError as exc:
+        exc.status = ExitStatus.FAILURE  # the C program has no other failure status
+        raise
 
 
 def _absolute(path: str, own_domid: int) -> str:
