@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -22,7 +23,7 @@ from subprocess_paths import SAFE_PATH
 
 from trio_vchan import VchanStream, serve_vchan
 from trio_vchan._cli._progress import format_size
-from trio_vchan._cli._status import ExitStatus
+from trio_vchan._cli._status import ExitStatus, describe
 from trio_vchan._cli._waiting import NOTICE_DELAY
 from trio_vchan._handshake import DEFAULT_HANDSHAKE_TIMEOUT
 from trio_vchan._xenstore import XenStoreClient
@@ -784,19 +785,6 @@ async def test_proxy_listens_on_a_socket(sim: SimulatedHost, tmp_path: Path, kin
         assert not (tmp_path / "proxy.sock").exists()
 
 
-async def test_proxy_reports_a_socket_it_cannot_reach(sim: SimulatedHost, tmp_path: Path) -> None:
-    missing = str(tmp_path / "nobody.sock")
-    async with cli(domain_environ(sim, 0), "proxy", "-l", "1", "svc", "--unix", missing) as proxy:
-        result = await run_cli(domain_environ(sim, 1), "cat", "0", "svc", stdin=b"anyone?")
-        # the proxy closes the vchan at once; the client's data may or may not have gone in
-        assert result.returncode in (ExitStatus.OK, ExitStatus.FAILURE)
-        assert b"cannot connect to " + missing.encode() in await read_until(
-            proxy.stderr, b"No such file"
-        )
-        proxy.send_signal(signal.SIGINT)
-        assert await wait(proxy) == ExitStatus.INTERRUPTED
-
-
 # -- waiting for the other domain --------------------------------------------------------------
 
 
@@ -1120,3 +1108,136 @@ async def test_demo_script(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert re.search(rb"OK: 8 MiB arrived intact at [\d.]+ \S+/s\n\Z", result.stdout)
     assert list(await trio.Path(tmp_path).iterdir()) == []  # the data and the copy were removed
+
+
+# -- errors name what was being done, to what, and what to do ------------------------------------
+
+
+def leave_a_stale_socket(path: Path) -> None:
+    """What a proxy killed with SIGKILL leaves: a bound socket file nobody listens on."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+
+
+async def test_a_stale_unix_socket_is_named_and_can_be_replaced(
+    sim: SimulatedHost, tmp_path: Path
+) -> None:
+    path = tmp_path / "proxy.sock"
+    leave_a_stale_socket(path)
+    result = await run_cli(domain_environ(sim, 1), "proxy", "0", "svc", "--unix", str(path))
+    assert result.returncode == ExitStatus.FAILURE
+    assert result.stderr.decode() == (
+        f"trio-vchan proxy: cannot listen on the Unix socket {path}: a socket is left there that"
+        f" nobody listens on (by a proxy that crashed?); remove it (rm {path}), or pass"
+        " --unlink-stale to replace it\n"
+    )
+    args = ("proxy", "0", "svc", "--unix", str(path), "--unlink-stale")
+    async with vchan_service(sim, 1, "svc"), cli(domain_environ(sim, 1), *args) as proxy:
+        assert b"listening on" in await read_until(proxy.stderr, b"\n")
+        async with await trio.open_unix_socket(str(path)) as stream:
+            await stream.send_all(b"replaced\n")
+            assert await read_all(stream) == b"REPLACED\n"
+        proxy.send_signal(signal.SIGTERM)
+        assert await wait(proxy) == ExitStatus.TERMINATED
+    assert not path.exists()
+
+
+async def test_a_unix_socket_in_use_is_never_replaced(sim: SimulatedHost, tmp_path: Path) -> None:
+    path = tmp_path / "busy.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+        busy.bind(str(path))
+        busy.listen(1)
+        args = ("proxy", "0", "svc", "--unix", str(path), "--unlink-stale")
+        result = await run_cli(domain_environ(sim, 1), *args)
+        assert result.returncode == ExitStatus.FAILURE
+        assert result.stderr.decode() == (
+            f"trio-vchan proxy: cannot listen on the Unix socket {path}: another process"
+            " listens there; stop it or choose another path\n"
+        )
+        assert path.exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (
+            ("--unix", "{tmp}/no-such-dir/p.sock"),
+            "cannot listen on the Unix socket {tmp}/no-such-dir/p.sock: the directory"
+            " {tmp}/no-such-dir does not exist; create it or choose another path",
+        ),
+        (
+            ("--unix", "{tmp}"),
+            "cannot listen on the Unix socket {tmp}: a file that is not a socket is there;"
+            " remove it or choose another path",
+        ),
+        (
+            ("--tcp", "192.0.2.1:8080"),  # TEST-NET-1: the address of no interface here
+            "cannot listen on TCP 192.0.2.1:8080: no interface of this machine has the address"
+            " 192.0.2.1; use 127.0.0.1, 0.0.0.0 (every interface) or an address of this machine",
+        ),
+        (
+            ("--tcp", "no-such-host.invalid:8080"),
+            "cannot listen on TCP no-such-host.invalid:8080: cannot resolve the host"
+            " 'no-such-host.invalid': ",
+        ),
+    ],
+    ids=["ENOENT", "not-a-socket", "EADDRNOTAVAIL", "unknown-host"],
+)
+async def test_a_socket_it_cannot_listen_on_is_named(
+    sim: SimulatedHost, tmp_path: Path, target: tuple[str, str], message: str
+) -> None:
+    option, where = target[0], target[1].format(tmp=tmp_path)
+    result = await run_cli(domain_environ(sim, 1), "proxy", "0", "svc", option, where)
+    assert result.returncode == ExitStatus.FAILURE
+    assert result.stderr.decode().startswith(f"trio-vchan proxy: {message.format(tmp=tmp_path)}")
+    assert result.stderr.count(b"\n") == 1
+
+
+async def test_a_socket_it_cannot_connect_to_is_said_in_plain_words(
+    sim: SimulatedHost, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "nobody.sock")
+    async with cli(domain_environ(sim, 0), "proxy", "-l", "1", "svc", "--unix", missing) as proxy:
+        await run_cli(domain_environ(sim, 1), "cat", "0", "svc", stdin=b"anyone?")
+        line = await read_until(proxy.stderr, b"directory\n")
+        assert (
+            f"connection 1: cannot connect to {missing}: No such file or directory\n".encode()
+            in line
+        )
+        proxy.send_signal(signal.SIGINT)
+        assert await wait(proxy) == ExitStatus.INTERRUPTED
+
+
+async def test_a_path_xenstore_will_not_let_it_write(sim: SimulatedHost) -> None:
+    """``cat -l`` at a path of another domain: XenStore refuses (EACCES on RM of a stale
+    advertisement); the message says what was being done, where, and what to do."""
+    args = ("cat", "-l", "1", "/local/domain/0/foo")
+    result = await run_cli(domain_environ(sim, 2), *args)
+    assert result.returncode == ExitStatus.FAILURE
+    assert result.stderr.decode() == (
+        "trio-vchan cat: cannot serve '/local/domain/0/foo': XenStore does not let this domain"
+        " write the advertisement at /local/domain/0/foo (RM /local/domain/0/foo: EACCES"
+        " (Permission denied)); a domain may write below /local/domain/<its domid>/data (where a"
+        " port name puts the vchan) and where the toolstack allows it: give a port name, or a"
+        " path this domain may write\n"
+    )
+
+
+async def test_a_host_that_is_gone_is_said_once(tmp_path: Path) -> None:
+    """A host killed with SIGKILL leaves its socket: joining it is refused. The cause is said
+    once, not once more for each layer that passes it on."""
+    leave_a_stale_socket(tmp_path / "host")
+    environ = {**clean_environ(), ENV_DIR: str(tmp_path), ENV_DOMID: "1"}
+    result = await run_cli(environ, "cat", "0", "foo")
+    assert result.returncode == ExitStatus.FAILURE
+    assert result.stderr.count(b"Connection refused") == 1, result.stderr
+
+
+def test_describe_says_each_cause_once() -> None:
+    inner = ConnectionRefusedError(111, "Connection refused")
+    outer = OSError(f"cannot join the host: {inner}")
+    outer.__cause__ = inner
+    other = RuntimeError("the vchan broke")
+    other.__cause__ = inner
+    assert describe(outer) == "cannot join the host: [Errno 111] Connection refused"
+    assert describe(other) == "the vchan broke: [Errno 111] Connection refused"

@@ -32,7 +32,7 @@ from ._options import (
 from ._platform import open_backend, resolve_domain
 from ._progress import summary
 from ._signals import run_interruptible
-from ._sockets import Address, describe_listeners, tcp_address, unix_address
+from ._sockets import Address, UnixAddress, describe_listeners, reason, tcp_address, unix_address
 from ._status import CommandError, ExitStatus, describe
 from ._waiting import GaveUp, Wait, check_other_domain, waiting
 
@@ -62,8 +62,11 @@ examples:
   # TCP port 8080 of domain 1 (localhost only) leads to the server in domain 3
   trio-vchan proxy 3 api --tcp :8080
 
+A --unix PATH that a crashed proxy left behind is reported; --unlink-stale replaces it.
+
 exit status:
-  1    the platform failed (a failed connection is only reported: the proxy goes on)
+  1    the platform failed, or the socket cannot be listened on (a failed connection
+       is only reported: the proxy goes on)
   2    bad command line, or a DOMID is this domain
   124  with -l: --timeout ran out before a domain listed had connected
   130  stopped by SIGINT (Ctrl-C); 143: SIGTERM. Open connections were closed cleanly.
@@ -112,6 +115,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             " interface): connect to it with -l, else listen on it (port 0: any free port)"
         ),
     )
+    parser.add_argument(
+        "--unlink-stale",
+        action="store_true",
+        help=(
+            "without -l, with --unix: replace a socket left at PATH that nobody listens on"
+            " (as socat's unlink-early, but never one in use)"
+        ),
+    )
     add_wait_options(
         parser,
         timeout_help=(
@@ -134,6 +145,11 @@ async def run(args: argparse.Namespace) -> int:
     if args.handshake_timeout is not None and not args.listen:
         raise CommandError(
             "--handshake-timeout is for the vchan server side: use it with -l", ExitStatus.USAGE
+        )
+    if args.unlink_stale and (args.listen or not isinstance(args.target, UnixAddress)):
+        raise CommandError(
+            "--unlink-stale is for a proxy that listens on --unix PATH (without -l)",
+            ExitStatus.USAGE,
         )
     return await run_interruptible(partial(_proxy, args))
 
@@ -220,7 +236,7 @@ async def _serve_vchan(
             try:
                 sock = await target.connect()
             except OSError as exc:
-                log.failure(f"connection {number}: cannot connect to {target}: {exc}")
+                log.failure(f"connection {number}: cannot connect to {target}: {reason(exc)}")
                 return
             async with sock:
                 await forward(number, vchan, socket_end(sock), args.buffer_size, log)
@@ -311,7 +327,9 @@ async def _serve_socket(
             async with vchan:
                 await forward(number, vchan, socket_end(sock), args.buffer_size, log)
 
-    async with target.listen() as listeners:
+    async with target.listen(
+        unlink_stale=args.unlink_stale, stale_hint="pass --unlink-stale to replace it"
+    ) as listeners:
         where = describe_listeners(listeners)
         log.note(f"listening on {where}, forwarding to port {args.port!r} of domain {server}")
         await trio.serve_listeners(handle, listeners)

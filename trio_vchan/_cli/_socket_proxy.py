@@ -33,10 +33,10 @@ from ._options import domain
 from ._platform import open_backend, resolve_domain
 from ._proxy import ProxyLog, forward, socket_end
 from ._signals import run_interruptible
-from ._sockets import UnixAddress
+from ._sockets import UnixAddress, reason
 from ._status import CommandError, ExitStatus, describe
 from ._stdio import open_stdin, open_stdout
-from ._waiting import check_other_domain
+from ._waiting import Wait, check_other_domain, refused
 
 PROG: Final = "vchan-socket-proxy"
 #: The most bytes moved at once, either way (the C program's buffers are 8 KiB).
@@ -310,11 +310,15 @@ async def _server(
     backend: Backend,
     log: ProxyLog,
 ) -> int:
+    wait = Wait.between(backend.domid, client, path, listening=True)
     async with _api.VchanListener(client, path, backend=backend) as listener:
         await _announce(state_path, backend)
         log.note(f"serving {path} to domain {client}, forwarding to {where}")
         while True:
-            vchan = await listener.accept()
+            try:
+                vchan = await listener.accept()
+            except XenStoreError as exc:
+                raise refused(exc, wait) or exc from None
             async with vchan:
                 if isinstance(where, _Stdio):
                     return await _relay_stdio(vchan, log)
@@ -324,7 +328,7 @@ async def _server(
                     sock = await where.connect()
                 except OSError as exc:
                     raise CommandError(
-                        f"cannot connect to the Unix socket {where}: {describe(exc)};"
+                        f"cannot connect to the Unix socket {where}: {reason(exc)};"
                         " start its server first"
                     ) from None
                 async with sock:
