@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -22,7 +23,7 @@ from subprocess_paths import SAFE_PATH
 
 from trio_vchan import VchanStream, serve_vchan
 from trio_vchan._cli._progress import format_size
-from trio_vchan._cli._status import ExitStatus
+from trio_vchan._cli._status import ExitStatus, describe
 from trio_vchan._cli._waiting import NOTICE_DELAY
 from trio_vchan._handshake import DEFAULT_HANDSHAKE_TIMEOUT
 from trio_vchan._xenstore import XenStoreClient
@@ -124,6 +125,9 @@ def no_traceback(stderr: bytes) -> None:
     assert b"Traceback" not in stderr, stderr.decode(errors="replace")
 
 
+#: What xencat says on stderr, and ``trio-vchan cat`` too (not with ``--quiet``).
+XENCAT_LINES = b"Connected.\nDisconnected.\n"
+
 _NOTICE = re.compile(rb"trio-vchan \w+: waiting for domain \d+ to (serve|connect to) '.*' \(.*\)\n")
 
 
@@ -190,7 +194,7 @@ async def test_help(args: tuple[str, ...], expected: list[str]) -> None:
         ((), "required: COMMAND"),
         (("dance",), "invalid choice: 'dance'"),
         (("cat",), "required: DOMID, PORT"),
-        (("cat", "one", "foo"), "a domain id is a decimal number, not 'one'"),
+        (("cat", "dom/1", "foo"), "a domain is an id (a decimal number) or a name without '/'"),
         (("cat", "32752", "foo"), "domid must be 0..32751, not 32752"),
         (("cat", "1", "no spaces"), "port"),
         (("cat", "--buffer-size", "0", "1", "foo"), "the buffer size must be 1..1048576"),
@@ -200,7 +204,7 @@ async def test_help(args: tuple[str, ...], expected: list[str]) -> None:
         (("cat", "--progress", "--quiet", "1", "foo"), "not allowed with argument"),
         (("cat", "--domid", "-3", "1", "foo"), "argument --domid: a domain id"),
         (("proxy", "-l", "1", "foo"), "one of the arguments --unix --tcp is required"),
-        (("proxy", "-l", "1,1", "foo", "--unix", "s"), "a domain id is repeated in '1,1'"),
+        (("proxy", "-l", "1,1", "foo", "--unix", "s"), "a domain is repeated in '1,1'"),
         (("proxy", "-l", "1", "foo", "--tcp", "80"), "expected HOST:PORT or :PORT, not '80'"),
         (("proxy", "-l", "1", "foo", "--tcp", ":99999"), "a TCP port is 0..65535, not 99999"),
         (("proxy", "-l", "1", "foo", "--tcp", "::1:80"), "write an IPv6 host in brackets"),
@@ -289,8 +293,9 @@ async def test_listener_receives_a_file_and_both_end(sim: SimulatedHost) -> None
     assert (receiver.returncode, sender.returncode) == (0, 0)
     assert receiver.stdout == data
     assert sender.stdout == b""
-    # no progress unless stderr is a terminal
-    assert without_notices(receiver.stderr) == without_notices(sender.stderr) == b""
+    # no progress unless stderr is a terminal; xencat's two lines, word for word
+    assert without_notices(receiver.stderr) == XENCAT_LINES
+    assert without_notices(sender.stderr) == XENCAT_LINES
 
 
 async def test_listener_sends_and_the_client_receives(sim: SimulatedHost) -> None:
@@ -427,11 +432,15 @@ async def test_stdout_closed_early_ends_quietly(sim: SimulatedHost) -> None:
                     capture_stderr=True,
                 )
             assert head.stdout.split() == [b"100000"]
-            assert head.stderr.split() == [b"141"]  # nothing but the status we echoed
+            # nothing but xencat's first line and the status we echoed
+            assert head.stderr.split() == [b"Connected.", b"141"]
             assert await wait(sender) == ExitStatus.FAILURE
             assert sender.stderr is not None
             message = without_notices(await read_all(sender.stderr)).decode()
-            assert message == "trio-vchan cat: the peer closed the vchan before the end of stdin\n"
+            assert message == (
+                "Connected.\nDisconnected.\n"
+                "trio-vchan cat: the peer closed the vchan before the end of stdin\n"
+            )
 
 
 @pytest.mark.parametrize(
@@ -479,7 +488,8 @@ async def test_ctrl_c_closes_the_vchan_cleanly(
 
 
 @pytest.mark.parametrize(
-    ("options", "message"), [((), b"trio-vchan cat: the peer closed the vchan\n"), (("-q",), b"")]
+    ("options", "message"),
+    [((), XENCAT_LINES + b"trio-vchan cat: the peer closed the vchan\n"), (("-q",), b"")],
 )
 async def test_the_peer_closing_an_interactive_cat_ends_it_plainly(
     sim: SimulatedHost, options: tuple[str, ...], message: bytes
@@ -534,12 +544,14 @@ async def test_a_peer_that_dies(sim: SimulatedHost, killed: str) -> None:
 # -- progress ---------------------------------------------------------------------------------
 
 
-async def send_with_options(sim: SimulatedHost, *options: str) -> bytes:
+async def send_with_options(
+    sim: SimulatedHost, *options: str, stdin: bytes | Stdio = bytes(4 * MiB)
+) -> bytes:
     """Send 4 MiB with ``options``; return the sender's stderr."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_cli, domain_environ(sim, 2), "cat", "-l", "1", "progress")
         sender = await run_cli(
-            domain_environ(sim, 1), "cat", *options, "2", "progress", stdin=bytes(4 * MiB)
+            domain_environ(sim, 1), "cat", *options, "2", "progress", stdin=stdin
         )
     assert sender.returncode == 0
     return sender.stderr
@@ -548,7 +560,30 @@ async def send_with_options(sim: SimulatedHost, *options: str) -> bytes:
 async def test_progress_forced_reports_the_rate(sim: SimulatedHost) -> None:
     stderr = (await send_with_options(sim, "--progress")).decode()
     final = stderr.replace("\x1b[K", "").split("\r")[-1]
-    assert re.fullmatch(r"sent 4\.00 MiB, received 0 B in [\d.]+ s \([\d.]+ \S+/s\)\n", final)
+    assert re.fullmatch(
+        r"sent 4\.00 MiB, received 0 B in [\d.]+ s \([\d.]+ \S+/s\)\nDisconnected\.\n", final
+    )
+
+
+async def test_progress_of_a_file_shows_the_part_sent(sim: SimulatedHost, tmp_path: Path) -> None:
+    """With standard input a regular file, its size is known: the line says how much of it
+    was sent (the first line comes with the first data)."""
+    source = tmp_path / "four-mib"
+    source.write_bytes(bytes(4 * MiB))
+    with source.open("rb") as stdin:
+        stderr = (await send_with_options(sim, "--progress", stdin=stdin)).decode()
+    assert re.search(r"\rsent [\d.]+ \S+ of 4\.00 MiB \(\d+%\), received 0 B in ", stderr), stderr
+
+
+def test_the_running_line_has_the_percentage_and_the_time_left() -> None:
+    from trio_vchan._cli._bridge import Transfer
+    from trio_vchan._cli._progress import format_duration, running_line
+
+    transfer = Transfer(sent=MiB, received=0)
+    line = running_line(transfer, 2.0, 4 * MiB)
+    assert line == "sent 1.00 MiB of 4.00 MiB (25%), received 0 B in 2.0 s (512 KiB/s), ETA 0:06"
+    assert running_line(transfer, 2.0, None) == "sent 1.00 MiB, received 0 B in 2.0 s (512 KiB/s)"
+    assert [format_duration(s) for s in (0, 0.2, 83, 3723)] == ["0:00", "0:01", "1:23", "1:02:03"]
 
 
 async def test_quiet_prints_nothing(sim: SimulatedHost) -> None:
@@ -564,6 +599,52 @@ async def test_progress_by_default_on_a_terminal(sim: SimulatedHost) -> None:
     assert b"sent 4.00 MiB, received 0 B in" in stderr
 
 
+async def test_a_sender_at_a_terminal_shows_progress(sim: SimulatedHost, tmp_path: Path) -> None:
+    """``trio-vchan cat 2 foo < foo`` typed at a terminal (stdout and stderr the terminal,
+    stdin a file) shows progress, with the part of the file sent; a conversation does not
+    (stdin the terminal too: see test_the_peer_closing_an_interactive_cat_ends_it_plainly)."""
+    source = tmp_path / "file"
+    source.write_bytes(bytes(MiB))
+    controller, terminal = os.openpty()
+    try:
+        with source.open("rb") as stdin:
+            async with (
+                trio.open_nursery() as nursery,
+                cli(
+                    domain_environ(sim, 1),
+                    *("cat", "2", "tty"),
+                    stdin=stdin,
+                    stdout=terminal,
+                    stderr=terminal,
+                ) as sender,
+            ):
+                os.close(terminal)
+                terminal = -1
+                nursery.start_soon(run_cli, domain_environ(sim, 2), "cat", "-l", "1", "tty")
+                assert await wait(sender) == 0
+        output = drain_terminal(controller)
+    finally:
+        os.close(controller)
+        if terminal != -1:
+            os.close(terminal)
+    assert re.search(rb"sent [\d.]+ \S+ of 1\.00 MiB \(\d+%\)", output), output
+
+
+def drain_terminal(controller: int) -> bytes:
+    """Everything written to the terminal whose controlling side is ``controller``."""
+    output = b""
+    os.set_blocking(controller, False)
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except (BlockingIOError, OSError):  # EIO: the terminal's last writer is gone
+            break
+        if not chunk:
+            break
+        output += chunk
+    return output
+
+
 async def send_with_options_on(sim: SimulatedHost, terminal: int, controller: int) -> bytes:
     async with (
         trio.open_nursery() as nursery,
@@ -577,17 +658,7 @@ async def send_with_options_on(sim: SimulatedHost, terminal: int, controller: in
         await sender.stdin.send_all(bytes(4 * MiB))
         await sender.stdin.aclose()
         assert await wait(sender) == 0
-    output = b""
-    os.set_blocking(controller, False)
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except (BlockingIOError, OSError):  # EIO: the terminal's last writer is gone
-            break
-        if not chunk:
-            break
-        output += chunk
-    return output
+    return drain_terminal(controller)
 
 
 # -- proxy ------------------------------------------------------------------------------------
@@ -712,19 +783,6 @@ async def test_proxy_listens_on_a_socket(sim: SimulatedHost, tmp_path: Path, kin
         no_traceback(await read_all(proxy.stderr))
     if kind == "unix":
         assert not (tmp_path / "proxy.sock").exists()
-
-
-async def test_proxy_reports_a_socket_it_cannot_reach(sim: SimulatedHost, tmp_path: Path) -> None:
-    missing = str(tmp_path / "nobody.sock")
-    async with cli(domain_environ(sim, 0), "proxy", "-l", "1", "svc", "--unix", missing) as proxy:
-        result = await run_cli(domain_environ(sim, 1), "cat", "0", "svc", stdin=b"anyone?")
-        # the proxy closes the vchan at once; the client's data may or may not have gone in
-        assert result.returncode in (ExitStatus.OK, ExitStatus.FAILURE)
-        assert b"cannot connect to " + missing.encode() in await read_until(
-            proxy.stderr, b"No such file"
-        )
-        proxy.send_signal(signal.SIGINT)
-        assert await wait(proxy) == ExitStatus.INTERRUPTED
 
 
 # -- waiting for the other domain --------------------------------------------------------------
@@ -1050,3 +1108,136 @@ async def test_demo_script(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert re.search(rb"OK: 8 MiB arrived intact at [\d.]+ \S+/s\n\Z", result.stdout)
     assert list(await trio.Path(tmp_path).iterdir()) == []  # the data and the copy were removed
+
+
+# -- errors name what was being done, to what, and what to do ------------------------------------
+
+
+def leave_a_stale_socket(path: Path) -> None:
+    """What a proxy killed with SIGKILL leaves: a bound socket file nobody listens on."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+
+
+async def test_a_stale_unix_socket_is_named_and_can_be_replaced(
+    sim: SimulatedHost, tmp_path: Path
+) -> None:
+    path = tmp_path / "proxy.sock"
+    leave_a_stale_socket(path)
+    result = await run_cli(domain_environ(sim, 1), "proxy", "0", "svc", "--unix", str(path))
+    assert result.returncode == ExitStatus.FAILURE
+    assert result.stderr.decode() == (
+        f"trio-vchan proxy: cannot listen on the Unix socket {path}: a socket is left there that"
+        f" nobody listens on (by a proxy that crashed?); remove it (rm {path}), or pass"
+        " --unlink-stale to replace it\n"
+    )
+    args = ("proxy", "0", "svc", "--unix", str(path), "--unlink-stale")
+    async with vchan_service(sim, 1, "svc"), cli(domain_environ(sim, 1), *args) as proxy:
+        assert b"listening on" in await read_until(proxy.stderr, b"\n")
+        async with await trio.open_unix_socket(str(path)) as stream:
+            await stream.send_all(b"replaced\n")
+            assert await read_all(stream) == b"REPLACED\n"
+        proxy.send_signal(signal.SIGTERM)
+        assert await wait(proxy) == ExitStatus.TERMINATED
+    assert not path.exists()
+
+
+async def test_a_unix_socket_in_use_is_never_replaced(sim: SimulatedHost, tmp_path: Path) -> None:
+    path = tmp_path / "busy.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+        busy.bind(str(path))
+        busy.listen(1)
+        args = ("proxy", "0", "svc", "--unix", str(path), "--unlink-stale")
+        result = await run_cli(domain_environ(sim, 1), *args)
+        assert result.returncode == ExitStatus.FAILURE
+        assert result.stderr.decode() == (
+            f"trio-vchan proxy: cannot listen on the Unix socket {path}: another process"
+            " listens there; stop it or choose another path\n"
+        )
+        assert path.exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (
+            ("--unix", "{tmp}/no-such-dir/p.sock"),
+            "cannot listen on the Unix socket {tmp}/no-such-dir/p.sock: the directory"
+            " {tmp}/no-such-dir does not exist; create it or choose another path",
+        ),
+        (
+            ("--unix", "{tmp}"),
+            "cannot listen on the Unix socket {tmp}: a file that is not a socket is there;"
+            " remove it or choose another path",
+        ),
+        (
+            ("--tcp", "192.0.2.1:8080"),  # TEST-NET-1: the address of no interface here
+            "cannot listen on TCP 192.0.2.1:8080: no interface of this machine has the address"
+            " 192.0.2.1; use 127.0.0.1, 0.0.0.0 (every interface) or an address of this machine",
+        ),
+        (
+            ("--tcp", "no-such-host.invalid:8080"),
+            "cannot listen on TCP no-such-host.invalid:8080: cannot resolve the host"
+            " 'no-such-host.invalid': ",
+        ),
+    ],
+    ids=["ENOENT", "not-a-socket", "EADDRNOTAVAIL", "unknown-host"],
+)
+async def test_a_socket_it_cannot_listen_on_is_named(
+    sim: SimulatedHost, tmp_path: Path, target: tuple[str, str], message: str
+) -> None:
+    option, where = target[0], target[1].format(tmp=tmp_path)
+    result = await run_cli(domain_environ(sim, 1), "proxy", "0", "svc", option, where)
+    assert result.returncode == ExitStatus.FAILURE
+    assert result.stderr.decode().startswith(f"trio-vchan proxy: {message.format(tmp=tmp_path)}")
+    assert result.stderr.count(b"\n") == 1
+
+
+async def test_a_socket_it_cannot_connect_to_is_said_in_plain_words(
+    sim: SimulatedHost, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "nobody.sock")
+    async with cli(domain_environ(sim, 0), "proxy", "-l", "1", "svc", "--unix", missing) as proxy:
+        await run_cli(domain_environ(sim, 1), "cat", "0", "svc", stdin=b"anyone?")
+        line = await read_until(proxy.stderr, b"directory\n")
+        assert (
+            f"connection 1: cannot connect to {missing}: No such file or directory\n".encode()
+            in line
+        )
+        proxy.send_signal(signal.SIGINT)
+        assert await wait(proxy) == ExitStatus.INTERRUPTED
+
+
+async def test_a_path_xenstore_will_not_let_it_write(sim: SimulatedHost) -> None:
+    """``cat -l`` at a path of another domain: XenStore refuses (EACCES on RM of a stale
+    advertisement); the message says what was being done, where, and what to do."""
+    args = ("cat", "-l", "1", "/local/domain/0/foo")
+    result = await run_cli(domain_environ(sim, 2), *args)
+    assert result.returncode == ExitStatus.FAILURE
+    assert result.stderr.decode() == (
+        "trio-vchan cat: cannot serve '/local/domain/0/foo': XenStore does not let this domain"
+        " write the advertisement at /local/domain/0/foo (RM /local/domain/0/foo: EACCES"
+        " (Permission denied)); a domain may write below /local/domain/<its domid>/data (where a"
+        " port name puts the vchan) and where the toolstack allows it: give a port name, or a"
+        " path this domain may write\n"
+    )
+
+
+async def test_a_host_that_is_gone_is_said_once(tmp_path: Path) -> None:
+    """A host killed with SIGKILL leaves its socket: joining it is refused. The cause is said
+    once, not once more for each layer that passes it on."""
+    leave_a_stale_socket(tmp_path / "host")
+    environ = {**clean_environ(), ENV_DIR: str(tmp_path), ENV_DOMID: "1"}
+    result = await run_cli(environ, "cat", "0", "foo")
+    assert result.returncode == ExitStatus.FAILURE
+    assert result.stderr.count(b"Connection refused") == 1, result.stderr
+
+
+def test_describe_says_each_cause_once() -> None:
+    inner = ConnectionRefusedError(111, "Connection refused")
+    outer = OSError(f"cannot join the host: {inner}")
+    outer.__cause__ = inner
+    other = RuntimeError("the vchan broke")
+    other.__cause__ = inner
+    assert describe(outer) == "cannot join the host: [Errno 111] Connection refused"
+    assert describe(other) == "the vchan broke: [Errno 111] Connection refused"

@@ -25,10 +25,12 @@ from __future__ import annotations
 from ._advertisement import PeerGoneError as PeerGoneError
 from ._api import VchanListener as VchanListener
 from ._api import connect as connect
+from ._api import lookup_domain as lookup_domain
 from ._api import open_vchan_stream as open_vchan_stream
 from ._api import serve as serve
 from ._api import serve_vchan as serve_vchan
 from ._backend import Backend as Backend
+from ._domains import DomainNameError as DomainNameError
 from ._errors import BackendUnavailableError as BackendUnavailableError
 from ._errors import IncompleteReceiveError as IncompleteReceiveError
 from ._errors import ProtocolError as ProtocolError
@@ -41,6 +43,7 @@ from ._version import __version__ as __version__
 __all__ = [
     "Backend",
     "BackendUnavailableError",
+    "DomainNameError",
     "IncompleteReceiveError",
     "Live",
     "PeerGoneError",
@@ -50,6 +53,7 @@ __all__ = [
     "VchanStream",
     "XenStoreError",
     "connect",
+    "lookup_domain",
     "open_vchan_stream",
     "serve",
     "serve_vchan",

@@ -13,6 +13,7 @@ from typing import Any, Final, final
 import trio
 
 from ._backend import Backend, check_domid
+from ._domains import Domain, check_domain, domain_id
 from ._handshake import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     Endpoint,
@@ -54,9 +55,31 @@ def _check_timeout(handshake_timeout: float | None) -> float | None:
     return handshake_timeout
 
 
+async def lookup_domain(domain: Domain, *, backend: Backend | None = None) -> int:
+    """The id of ``domain``: an id as it is, a name looked up in XenStore.
+
+    A name is a domain's ``/local/domain/<domid>/name``, as ``xl list`` and Qubes show it.
+
+    Raises:
+        TypeError, ValueError: neither an id in range nor a possible name.
+        DomainNameError: no domain, or several, have that name, or this domain may not list
+            ``/local/domain`` (on Xen only dom0 and domains the toolstack allows may).
+        BackendUnavailableError: no platform (only for a name).
+    """
+    checked = check_domain(domain)
+    if isinstance(checked, int):
+        return checked
+    session = Session.join(backend)
+    try:
+        return await domain_id(checked, session.xenstore)
+    finally:
+        with trio.CancelScope(shield=True):
+            await session.leave()
+
+
 @asynccontextmanager
 async def serve(
-    client_domid: int,
+    client_domid: Domain,
     port: str | int,
     *,
     read_size: int = DEFAULT_RING_SIZE,
@@ -66,16 +89,18 @@ async def serve(
 ) -> AsyncIterator[VchanStream]:
     """Wait for one connection from ``client_domid`` on ``port``; yield it, close it after.
 
-    One :meth:`VchanListener.accept`: the arguments are the listener's.
+    One :meth:`VchanListener.accept`: the arguments are the listener's, but ``client_domid``
+    may also be a domain name (see :func:`lookup_domain`).
 
     Raises:
         ValueError, TypeError: a bad domid, port, size or timeout, or our own domain.
+        DomainNameError: ``client_domid`` is a name that names no one domain.
         BackendUnavailableError: no platform.
         OSError: ``EADDRINUSE``: another server of this domain serves this port.
         XenStoreError: the advertisement could not be written.
     """
     async with VchanListener(
-        client_domid,
+        await lookup_domain(client_domid, backend=backend),
         port,
         read_size=read_size,
         write_size=write_size,
@@ -88,28 +113,29 @@ async def serve(
 
 
 async def open_vchan_stream(
-    server_domid: int, port: str | int, *, backend: Backend | None = None
+    server_domid: Domain, port: str | int, *, backend: Backend | None = None
 ) -> VchanStream:
-    """Connect to the vchan that ``server_domid`` serves for us on ``port``.
+    """Connect to the vchan that ``server_domid`` (an id or a domain name, see
+    :func:`lookup_domain`) serves for us on ``port``.
 
     Waits (watching XenStore) until the server has advertised it.
 
     Raises:
         ValueError, TypeError: a bad domid or port, or our own domain.
+        DomainNameError: ``server_domid`` is a name that names no one domain.
         BackendUnavailableError: no platform.
         ProtocolError: the server's advertisement or shared page is invalid.
         PeerGoneError: the server's domain was destroyed while we waited.
         XenStoreError, OSError: XenStore or the platform refused.
     """
-    check_domid(server_domid, "server_domid")
-    vchan_path(server_domid, 0, port)
+    check_domain(server_domid, "server_domid")
+    vchan_path(0, 0, port)
     session = Session.join(backend)
     try:
-        _check_peer(session, server_domid, "server_domid")
-        path = vchan_path(server_domid, session.backend.domid, port)
-        endpoint = await connect_endpoint(
-            session.backend, session.advertisements, server_domid, path
-        )
+        server = await domain_id(server_domid, session.xenstore, "server_domid")
+        _check_peer(session, server, "server_domid")
+        path = vchan_path(server, session.backend.domid, port)
+        endpoint = await connect_endpoint(session.backend, session.advertisements, server, path)
     except BaseException:
         with trio.CancelScope(shield=True):
             await session.leave()
@@ -119,7 +145,7 @@ async def open_vchan_stream(
 
 @asynccontextmanager
 async def connect(
-    server_domid: int, port: str | int, *, backend: Backend | None = None
+    server_domid: Domain, port: str | int, *, backend: Backend | None = None
 ) -> AsyncIterator[VchanStream]:
     """As :func:`open_vchan_stream`, closing the stream on exit."""
     stream = await open_vchan_stream(server_domid, port, backend=backend)
@@ -139,7 +165,9 @@ class VchanListener(trio.abc.Listener[VchanStream]):
     bound port only when it looks (every half timeout, at most every 2.5 s), and only where
     the backend can tell (the simulated host; not Linux's ``/dev/xen/evtchn``).
 
-    The constructor checks the arguments and claims the port (see :doc:`design`).
+    The constructor checks the arguments and claims the port (see :doc:`design`). It does no
+    I/O, so it takes a domain id: for a domain name, ``VchanListener(await
+    lookup_domain(name), port)``.
 
     Raises:
         ValueError, TypeError: a bad domid, port, size or timeout, or our own domain.
@@ -229,7 +257,7 @@ class VchanListener(trio.abc.Listener[VchanStream]):
 
 async def serve_vchan(
     handler: Callable[[VchanStream], Awaitable[Any]],
-    client_domids: Iterable[int],
+    client_domids: Iterable[Domain],
     port: str | int,
     *,
     read_size: int = DEFAULT_RING_SIZE,
@@ -241,8 +269,10 @@ async def serve_vchan(
 ) -> None:
     """Serve ``port`` to every domain in ``client_domids`` forever, one task per connection.
 
-    Usable with ``nursery.start``, which returns the listeners.
+    Usable with ``nursery.start``, which returns the listeners. A domain may be given by name
+    (see :func:`lookup_domain`); names are looked up once, before listening.
     """
+    domids = [await lookup_domain(d, backend=backend) for d in client_domids]
     listeners = [
         VchanListener(
             d,
@@ -252,7 +282,7 @@ async def serve_vchan(
             handshake_timeout=handshake_timeout,
             backend=backend,
         )
-        for d in client_domids
+        for d in domids
     ]
     await trio.serve_listeners(
         handler, listeners, handler_nursery=handler_nursery, task_status=task_status

@@ -12,6 +12,7 @@ TCG emulation a vchan moves about 1-3 MB/s.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -20,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
@@ -31,8 +33,10 @@ from trio_vchan._api import default_backend
 from trio_vchan._errors import XenStoreError
 from trio_vchan._handshake import vchan_path
 from trio_vchan._xenstore import XenStoreClient
+from trio_vchan._xs_wire import Access, Permission
 
 DOMU: Final = int(os.environ.get("XEN_TEST_DOMU", "-1"))
+DOMU_NAME: Final = "trio-vchan-domu"  # dom0-tests.sh's domu.cfg
 HERE: Final = os.path.dirname(os.path.abspath(__file__))
 DOM0_VCHAN_PEER: Final = os.environ.get("XEN_TEST_VCHAN_PEER", "vchan-peer")
 DOMU_VCHAN_PEER: Final = "/usr/local/bin/vchan-peer"
@@ -417,9 +421,14 @@ async def test_trio_server_in_domu_libxenvchan_client_in_dom0(agent: Agent) -> N
     assert report["sha"] == digest(pattern(nbytes, 11))
 
 
-async def test_vchan_socket_proxy_server_in_domu(agent: Agent) -> None:
+#: The vchan-socket-proxy programs the domU runs: Xen's, and trio-vchan's drop-in.
+PROXIES: Final = ["c", "trio"]
+
+
+@pytest.mark.parametrize("which", PROXIES)
+async def test_vchan_socket_proxy_server_in_domu(agent: Agent, which: str) -> None:
     port, nbytes = fresh_port(), 64 * KIB
-    job = await agent.start(peer("proxy-server", 0, libxenvchan_path(DOMU, 0, port)))
+    job = await agent.start(peer("proxy-server", 0, libxenvchan_path(DOMU, 0, port), which))
     with trio.fail_after(STEP):
         async with trio_vchan.connect(DOMU, port) as stream:
             report = await exchange(stream, nbytes, 12)
@@ -428,9 +437,11 @@ async def test_vchan_socket_proxy_server_in_domu(agent: Agent) -> None:
         assert await agent.report(job) == {"echoed": nbytes, "proxy_rc": 0}
 
 
-async def test_vchan_socket_proxy_client_in_domu(agent: Agent) -> None:
+@pytest.mark.parametrize("which", PROXIES)
+async def test_vchan_socket_proxy_client_in_domu(agent: Agent, which: str) -> None:
     port, nbytes = fresh_port(), 64 * KIB
-    job = await agent.start(peer("proxy-client", 0, libxenvchan_path(0, DOMU, port), nbytes, 13))
+    path = libxenvchan_path(0, DOMU, port)
+    job = await agent.start(peer("proxy-client", 0, path, nbytes, 13, which))
     with trio.fail_after(STEP):
         async with trio_vchan.serve(DOMU, port) as stream:
             echoed = 0
@@ -441,6 +452,75 @@ async def test_vchan_socket_proxy_client_in_domu(agent: Agent) -> None:
     with trio.fail_after(STEP):
         report = await agent.report(job)
     assert report == {"received": nbytes, "sha": digest(pattern(nbytes, 13)), "proxy_rc": 0}
+
+
+async def test_vchan_socket_proxy_drop_in_as_libxl_runs_it(agent: Agent, tmp_path: Path) -> None:
+    """trio-vchan's vchan-socket-proxy in dom0 with libxl's arguments for a stub domain's QMP
+    (the domU plays the stub domain): dom0 makes the domU's ``device-model/<guest>`` directory
+    as libxl does, the domU serves the vchan there, the proxy writes "running" to the state
+    path once its socket listens, and a socket client's bytes go to the domU and back."""
+    guest, nbytes = 900 + next(_ports), 64 * KIB
+    device_model = f"/local/domain/{DOMU}/device-model/{guest}"
+    vchan = f"{device_model}/qmp-vchan"
+    state = f"/local/domain/0/device-model/{DOMU}/qmp-proxy-state"
+    qmp = str(tmp_path / f"qmp-libxl-{guest}")
+    backend = default_backend()
+    try:
+        async with XenStoreClient(await backend.connect_xenstore()) as xs:
+            await rm_if_there(xs, state)
+            await xs.mkdir(device_model)
+            await xs.set_perms(device_model, [Permission(Access.NONE, DOMU)])
+            job = await agent.start(peer("serve", 0, vchan, 65536, 65536, "echo"))
+            argv = [sys.executable, "-m", "trio_vchan", "vchan-socket-proxy"]
+            argv += [f"--state-path={state}", str(DOMU), vchan, qmp]
+            process = await trio.lowlevel.open_process(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+            )
+            try:
+                with trio.fail_after(STEP):
+                    assert await wait_for_node(xs, state) == b"running"
+                    async with await trio.open_unix_socket(qmp) as sock:
+                        sent = pattern(nbytes, 14)
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(sock.send_all, sent)
+                            echoed = await receive_until(sock, nbytes)
+                    assert digest(echoed) == digest(sent)
+                    assert await agent.report(job) == {"echoed": nbytes}
+                process.terminate()
+                with trio.fail_after(STEP):
+                    assert await process.wait() == 128 + signal.SIGTERM
+            finally:
+                with trio.CancelScope(shield=True):
+                    process.kill()
+                    await process.wait()
+                    await rm_if_there(xs, f"/local/domain/{DOMU}/device-model")
+                    await rm_if_there(xs, state)
+    finally:
+        backend.close()
+
+
+async def rm_if_there(xs: XenStoreClient, path: str) -> None:
+    """Remove ``path``; C xenstored answers ENOENT when its parent does not exist."""
+    try:
+        await xs.rm(path)
+    except XenStoreError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
+async def test_domain_names_as_xl_gives_them(agent: Agent) -> None:
+    """dom0 finds the domU by the name ``xl create`` gave it, and connects by name; the domU
+    may not list /local/domain, and is told so."""
+    assert await trio_vchan.lookup_domain(DOMU_NAME) == DOMU
+    port, nbytes = fresh_port(), 16 * KIB
+    job = await agent.start(peer("serve", 0, port, 65536, 65536, "echo"))
+    with trio.fail_after(STEP):
+        async with trio_vchan.connect(DOMU_NAME, port) as stream:
+            report = await exchange(stream, nbytes, 15)
+        assert report["sha"] == digest(pattern(nbytes, 15))
+        await agent.report(job)
+        looked_up = await agent.report(await agent.start(peer("lookup", DOMU_NAME)))
+    assert "may not list /local/domain" in looked_up["error"], looked_up
 
 
 # -- last, since nothing can follow it: the domU destroyed under an open stream -------------------
@@ -455,7 +535,7 @@ async def test_destroying_the_domu_breaks_the_stream_in_dom0(agent: Agent) -> No
     with trio.fail_after(STEP):
         async with trio_vchan.serve(DOMU, port) as stream:
             assert await receive_until(stream, 6) == b"ready\n"
-            await trio.run_process(["xl", "destroy", "trio-vchan-domu"])
+            await trio.run_process(["xl", "destroy", DOMU_NAME])
             with pytest.raises(trio.BrokenResourceError) as info:
                 await stream.receive_some()
             assert isinstance(info.value.__cause__, trio_vchan.PeerGoneError), info.value

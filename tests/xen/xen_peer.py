@@ -4,8 +4,9 @@
     xen_peer.py [--timeout S] connect SERVER_DOMID PORT ACTION [ARG...]
     xen_peer.py [--timeout S] reconnect SERVER_DOMID PORT COUNT NBYTES SEED
     xen_peer.py [--timeout S] many SERVER_DOMID PORT COUNT NBYTES SEED
-    xen_peer.py [--timeout S] proxy-server CLIENT_DOMID PATH
-    xen_peer.py [--timeout S] proxy-client SERVER_DOMID PATH NBYTES SEED
+    xen_peer.py [--timeout S] proxy-server CLIENT_DOMID PATH [c|trio]
+    xen_peer.py [--timeout S] proxy-client SERVER_DOMID PATH NBYTES SEED [c|trio]
+    xen_peer.py [--timeout S] lookup NAME
 
 Actions, once connected:
     exchange NBYTES SEED   send NBYTES of pattern(SEED) while receiving NBYTES, then close
@@ -23,8 +24,11 @@ bounded by --timeout (default 120 s).
 ``reconnect`` connects COUNT times in a row, ``many`` COUNT times at once (to PORT-0 ...
 PORT-<COUNT-1>); each connection exchanges NBYTES with an echo or a peer running ``exchange``.
 
-The proxy roles drive Xen's vchan-socket-proxy over pipes: as server it echoes what the proxy
+The proxy roles drive a vchan-socket-proxy over pipes, Xen's C program (``c``, the default) or
+trio-vchan's drop-in (``trio``) with the same arguments: as server it echoes what the proxy
 delivers; as client it sends NBYTES through the proxy and reads the echo back.
+
+``lookup`` reports the domain id that NAME has (``trio_vchan.lookup_domain``), or the error.
 """
 
 from __future__ import annotations
@@ -40,7 +44,11 @@ import trio
 
 import trio_vchan
 
-PROXY: Final = "vchan-socket-proxy"
+#: The proxy programs: Xen's, and trio-vchan's drop-in run from the package it imports.
+PROXIES: Final = {
+    "c": ["vchan-socket-proxy"],
+    "trio": [sys.executable, "-m", "trio_vchan", "vchan-socket-proxy"],
+}
 CHUNK: Final = 65536
 
 
@@ -141,10 +149,10 @@ async def many(server: int, port: str, count: int, nbytes: int, seed: int) -> di
     return {"connections": len(hashes), "hashes": [hashes[i] for i in range(count)]}
 
 
-async def proxy_server(client: int, path: str) -> dict[str, Any]:
+async def proxy_server(client: int, path: str, which: str) -> dict[str, Any]:
     """Run ``vchan-socket-proxy -m server`` and echo whatever it delivers, until it exits."""
     echoed = 0
-    argv = [PROXY, "-m", "server", str(client), path, "-"]
+    argv = [*PROXIES[which], "-m", "server", str(client), path, "-"]
     proxy = await trio.lowlevel.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert proxy.stdin is not None
@@ -162,9 +170,11 @@ async def proxy_server(client: int, path: str) -> dict[str, Any]:
     return {"echoed": echoed, "proxy_rc": proxy.returncode}
 
 
-async def proxy_client(server: int, path: str, nbytes: int, seed: int) -> dict[str, Any]:
+async def proxy_client(
+    server: int, path: str, nbytes: int, seed: int, which: str
+) -> dict[str, Any]:
     """Send ``nbytes`` through ``vchan-socket-proxy -m client`` and read the echo back."""
-    argv = [PROXY, "-m", "client", str(server), path, "-"]
+    argv = [*PROXIES[which], "-m", "client", str(server), path, "-"]
     proxy = await trio.lowlevel.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     received = bytearray()
     try:
@@ -205,9 +215,15 @@ async def run(argv: list[str]) -> dict[str, Any]:
     if role == "many":
         return await many(int(rest[0]), rest[1], *map(int, rest[2:5]))
     if role == "proxy-server":
-        return await proxy_server(int(rest[0]), rest[1])
+        return await proxy_server(int(rest[0]), rest[1], rest[2] if rest[2:] else "c")
     if role == "proxy-client":
-        return await proxy_client(int(rest[0]), rest[1], int(rest[2]), int(rest[3]))
+        which = rest[4] if rest[4:] else "c"
+        return await proxy_client(int(rest[0]), rest[1], int(rest[2]), int(rest[3]), which)
+    if role == "lookup":
+        try:
+            return {"domid": await trio_vchan.lookup_domain(rest[0])}
+        except trio_vchan.DomainNameError as exc:
+            return {"error": str(exc)}
     raise SystemExit(f"unknown role {role!r}")
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 from contextlib import AbstractAsyncContextManager
 from functools import partial
+from typing import Final
 
 import trio
 
@@ -19,12 +20,12 @@ from ._options import (
     add_domain_options,
     add_output_options,
     add_wait_options,
-    domid,
+    domain,
     handshake_timeout,
     port,
     subcommand_parser,
 )
-from ._platform import open_backend
+from ._platform import open_backend, resolve_domain
 from ._progress import ProgressLine
 from ._signals import run_interruptible
 from ._status import CommandError, ExitStatus, describe
@@ -34,6 +35,7 @@ from ._stdio import (
     stderr_is_terminal,
     stdin_is_null,
     stdin_is_terminal,
+    stdin_size,
 )
 from ._waiting import Wait, check_other_domain, waiting
 
@@ -42,9 +44,10 @@ Connect standard input and output to a vchan, as xencat does.
 
 With -l, this domain is the vchan server: it waits for one connection from domain DOMID on
 PORT. Without -l it is the client: it connects to the server in domain DOMID (waiting until
-that server is there). Standard input goes to the vchan, the vchan to standard output.
-A wait longer than a second is mentioned once on stderr (unless --quiet); --timeout
-gives up.
+that server is there). DOMID is a domain id or a domain's name. Standard input goes to the
+vchan, the vchan to standard output. As xencat, it says "Connected." on stderr once
+connected and "Disconnected." once the vchan has closed (unless --quiet). A wait longer
+than a second is mentioned once on stderr (unless --quiet); --timeout gives up.
 
 vchan has no half-close, so cat ends when either direction ends:
   - the peer closes the vchan: whatever it sent is written out, then cat exits (with
@@ -95,7 +98,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="be the server: wait for a connection from domain DOMID",
     )
     parser.add_argument(
-        "peer", type=domid, metavar="DOMID", help="the other domain (the client with -l)"
+        "peer",
+        type=domain,
+        metavar="DOMID",
+        help="the other domain (the client with -l): its id, or its name (as xl list shows)",
     )
     parser.add_argument(
         "port", type=port, metavar="PORT", help="the vchan's name ([a-zA-Z0-9_-]+) or path"
@@ -129,48 +135,64 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _wants_progress(requested: bool | None) -> bool:
+    """``--progress``/``--quiet``, else on a terminal unless it is a conversation: shown when
+    the output goes elsewhere (receiving a file) or the input comes from elsewhere (sending
+    one), not when someone types and reads at the terminal."""
     if requested is not None:
         return requested
-    return stderr_is_terminal() and not os.isatty(1)
+    if not stderr_is_terminal():
+        return False
+    sending = not stdin_is_terminal() and not stdin_is_null()
+    return not os.isatty(1) or sending
 
 
 def _open_vchan(
-    args: argparse.Namespace, backend: Backend
+    args: argparse.Namespace, backend: Backend, peer: int
 ) -> AbstractAsyncContextManager[VchanStream]:
     if args.listen:
         size: int = args.buffer_size
         return _api.serve(
-            args.peer,
+            peer,
             args.port,
             read_size=size,
             write_size=size,
             backend=backend,
             handshake_timeout=handshake_timeout(args.handshake_timeout),
         )
-    return _api.connect(args.peer, args.port, backend=backend)
+    return _api.connect(peer, args.port, backend=backend)
 
 
-def _say(message: str) -> None:
+def _say(message: str, *, prefix: str = "trio-vchan cat: ") -> None:
     # As for progress: a message is not worth failing the transfer for.
     with contextlib.suppress(BlockingIOError, BrokenPipeError):
-        print(f"trio-vchan cat: {message}", file=sys.stderr, flush=True)
+        print(f"{prefix}{message}", file=sys.stderr, flush=True)
+
+
+#: xencat's own lines on stderr, word for word, for scripts that wait for them.
+CONNECTED: Final = "Connected."
+DISCONNECTED: Final = "Disconnected."
 
 
 async def _cat(args: argparse.Namespace) -> int:
-    progress = ProgressLine(sys.stderr) if _wants_progress(args.progress) else None
+    progress = (
+        ProgressLine(sys.stderr, total=stdin_size()) if _wants_progress(args.progress) else None
+    )
     transfer = Transfer(observer=progress)
     nothing_to_send = stdin_is_null()
     ending: Ending | ExitStatus = ExitStatus.OK
     with open_backend(args.domid) as backend:
-        check_other_domain(backend.domid, args.peer)
-        wait = Wait.between(backend.domid, args.peer, args.port, listening=args.listen)
+        peer = await resolve_domain(args.peer, backend)
+        check_other_domain(backend.domid, peer)
+        wait = Wait.between(backend.domid, peer, args.port, listening=args.listen)
         notify = None if args.progress is False else _say
         try:
             async with (
                 waiting(wait, give_up_after=args.timeout, notify=notify) as connected,
-                _open_vchan(args, backend) as vchan,
+                _open_vchan(args, backend, peer) as vchan,
             ):
                 connected()
+                if notify is not None:
+                    _say(CONNECTED, prefix="")
                 async with open_stdout() as stdout:
                     if progress is not None:
                         progress.start()
@@ -180,6 +202,8 @@ async def _cat(args: argparse.Namespace) -> int:
                 progress.finish(transfer)
     if isinstance(ending, ExitStatus):
         return ending
+    if notify is not None:  # the vchan closed without an error (as xencat, whatever the input)
+        _say(DISCONNECTED, prefix="")
     if ending is Ending.PEER_CLOSED_DURING_INPUT:
         # Unsent input matters in a pipe (a transfer cut short); at a terminal, the peer
         # hanging up is how a conversation ends (as ssh's "Connection to ... closed.").

@@ -11,7 +11,7 @@ import trio
 
 from .. import _sim_cli
 from .._version import __version__
-from . import _cat, _proxy
+from . import _cat, _proxy, _socket_proxy
 from ._status import ExitStatus, report
 
 PROG: Final = "trio-vchan"
@@ -26,6 +26,7 @@ examples:
   trio-vchan cat -l 1 foo > copy-of-foo     # on domain 2: receive a file from domain 1
   trio-vchan cat 2 foo < foo                # on domain 1: send it
   trio-vchan proxy -l 1 web --tcp 127.0.0.1:80
+  vchan-socket-proxy -m server 0 /local/domain/1/data/qmp /run/qmp.sock   # as Xen's
   trio-vchan sim -- sh -c 'trio-vchan cat --domid 2 -l 1 foo > copy &
                            trio-vchan cat --domid 1 2 foo < foo; wait'
 
@@ -74,7 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for add_parser, _ in _SUBCOMMANDS.values():
         add_parser(subparsers)
+    # Listed for --help only: main() hands its arguments to its own parser (see there).
+    subparsers.add_parser(
+        _SOCKET_PROXY,
+        help="Xen's vchan-socket-proxy, same command line (also installed under that name)",
+        add_help=False,
+    )
     return parser
+
+
+#: The drop-in for Xen's program: it has the C program's command line and its status 1 for a
+#: bad one, so it is parsed apart from the other commands (which exit 2).
+_SOCKET_PROXY: Final = "vchan-socket-proxy"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,9 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     A bad command line exits with status 2 (argparse's ``SystemExit``).
     """
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == [_SOCKET_PROXY]:
+        return _socket_proxy.main(arguments[1:], prog=f"{PROG} {_SOCKET_PROXY}")
+    args = build_parser().parse_args(arguments)
     _, run = _SUBCOMMANDS[args.subcommand]
-    prog = f"{PROG} {args.subcommand}"
+    return run_command(f"{PROG} {args.subcommand}", run, args)
+
+
+def run_command(prog: str, run: Runner, args: argparse.Namespace) -> int:
+    """Run a parsed command in Trio; report an expected error in one line and return the status."""
     try:
         return trio.run(run, args)
     except KeyboardInterrupt:  # before the command watched for SIGINT itself

@@ -7,6 +7,7 @@ import math
 from typing import Final
 
 from .._backend import check_domid
+from .._domains import Domain, check_domain
 from .._handshake import DEFAULT_HANDSHAKE_TIMEOUT, vchan_path
 from .._layout import check_ring_size
 
@@ -27,15 +28,31 @@ def domid(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def domids(text: str) -> list[int]:
-    """Parse ``DOMID[,DOMID...]`` (distinct domain ids) for argparse.
+def domain(text: str) -> Domain:
+    """Parse a domain for argparse: an id (digits), else a name to look up when run.
 
     Raises:
-        argparse.ArgumentTypeError: an item is not a domain id, or one is repeated.
+        argparse.ArgumentTypeError: an id out of range, or an impossible name.
     """
-    parsed = [domid(item) for item in text.split(",")]
+    if text.isascii() and text.isdigit():
+        return domid(text)
+    try:
+        return check_domain(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a domain is an id (a decimal number) or a name without '/', not {text!r}"
+        ) from None
+
+
+def domains(text: str) -> list[Domain]:
+    """Parse ``DOMAIN[,DOMAIN...]`` (distinct domain ids or names) for argparse.
+
+    Raises:
+        argparse.ArgumentTypeError: an item is not a domain, or one is repeated.
+    """
+    parsed = [domain(item) for item in text.split(",")]
     if len(set(parsed)) != len(parsed):
-        raise argparse.ArgumentTypeError(f"a domain id is repeated in {text!r}")
+        raise argparse.ArgumentTypeError(f"a domain is repeated in {text!r}")
     return parsed
 
 

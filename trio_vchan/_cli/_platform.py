@@ -6,8 +6,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .._api import default_backend
+from .._api import default_backend, lookup_domain
 from .._backend import Backend
+from .._domains import Domain, DomainNameError
 from ..sim import ENV_DIR, ENV_DOMID, backend_from_environ
 from ._status import CommandError, ExitStatus
 
@@ -38,3 +39,16 @@ def open_backend(domid: int | None) -> Iterator[Backend]:
         yield backend
     finally:
         backend.close()
+
+
+async def resolve_domain(domain: Domain, backend: Backend) -> int:
+    """The id of ``domain`` as the command line gave it (a name is looked up in XenStore).
+
+    Raises:
+        CommandError: a name that names no one domain, or that this domain may not look up
+            (status 2).
+    """
+    try:
+        return await lookup_domain(domain, backend=backend)
+    except DomainNameError as exc:
+        raise CommandError(str(exc), ExitStatus.USAGE) from None

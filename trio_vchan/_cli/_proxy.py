@@ -24,15 +24,15 @@ from ._options import (
     add_domain_options,
     add_output_options,
     add_wait_options,
-    domids,
+    domains,
     handshake_timeout,
     port,
     subcommand_parser,
 )
-from ._platform import open_backend
+from ._platform import open_backend, resolve_domain
 from ._progress import summary
 from ._signals import run_interruptible
-from ._sockets import Address, describe_listeners, tcp_address, unix_address
+from ._sockets import Address, UnixAddress, describe_listeners, reason, tcp_address, unix_address
 from ._status import CommandError, ExitStatus, describe
 from ._waiting import GaveUp, Wait, check_other_domain, waiting
 
@@ -62,8 +62,11 @@ examples:
   # TCP port 8080 of domain 1 (localhost only) leads to the server in domain 3
   trio-vchan proxy 3 api --tcp :8080
 
+A --unix PATH that a crashed proxy left behind is reported; --unlink-stale replaces it.
+
 exit status:
-  1    the platform failed (a failed connection is only reported: the proxy goes on)
+  1    the platform failed, or the socket cannot be listened on (a failed connection
+       is only reported: the proxy goes on)
   2    bad command line, or a DOMID is this domain
   124  with -l: --timeout ran out before a domain listed had connected
   130  stopped by SIGINT (Ctrl-C); 143: SIGTERM. Open connections were closed cleanly.
@@ -87,9 +90,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "peers",
-        type=domids,
+        type=domains,
         metavar="DOMID[,DOMID...]",
-        help="the server domain; with -l, the client domains",
+        help="the server domain; with -l, the client domains (ids, or names as xl list shows)",
     )
     parser.add_argument(
         "port", type=port, metavar="PORT", help="the vchan's name ([a-zA-Z0-9_-]+) or path"
@@ -110,6 +113,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=(
             "a TCP address (default host 127.0.0.1; [::1] for IPv6; 0.0.0.0 for every"
             " interface): connect to it with -l, else listen on it (port 0: any free port)"
+        ),
+    )
+    parser.add_argument(
+        "--unlink-stale",
+        action="store_true",
+        help=(
+            "without -l, with --unix: replace a socket left at PATH that nobody listens on"
+            " (as socat's unlink-early, but never one in use)"
         ),
     )
     add_wait_options(
@@ -135,6 +146,11 @@ async def run(args: argparse.Namespace) -> int:
         raise CommandError(
             "--handshake-timeout is for the vchan server side: use it with -l", ExitStatus.USAGE
         )
+    if args.unlink_stale and (args.listen or not isinstance(args.target, UnixAddress)):
+        raise CommandError(
+            "--unlink-stale is for a proxy that listens on --unix PATH (without -l)",
+            ExitStatus.USAGE,
+        )
     return await run_interruptible(partial(_proxy, args))
 
 
@@ -145,11 +161,14 @@ _ENDINGS: Final = {
 }
 
 
-class _Log:
-    """The proxy's lines on stderr, and the connection numbers they name."""
+class ProxyLog:
+    """A proxy's lines on stderr, and the connection numbers they name."""
 
-    def __init__(self, quiet: bool, out: TextIO = sys.stderr) -> None:
+    def __init__(
+        self, quiet: bool, prog: str = "trio-vchan proxy", out: TextIO = sys.stderr
+    ) -> None:
         self._quiet = quiet
+        self._prog = prog
         self._out = out
         self._count = 0
 
@@ -162,43 +181,53 @@ class _Log:
             self.failure(message)
 
     def failure(self, message: str) -> None:
-        print(f"trio-vchan proxy: {message}", file=self._out, flush=True)
+        print(f"{self._prog}: {message}", file=self._out, flush=True)
 
 
 async def _proxy(args: argparse.Namespace) -> int:
-    log = _Log(quiet=args.progress is False)
+    log = ProxyLog(quiet=args.progress is False)
     with open_backend(args.domid) as backend:
-        for peer in args.peers:
+        peers = [await resolve_domain(peer, backend) for peer in args.peers]
+        if len(set(peers)) != len(peers):
+            raise CommandError(
+                f"a domain is named twice in {','.join(map(str, args.peers))}"
+                f" (domains {', '.join(map(str, peers))})",
+                ExitStatus.USAGE,
+            )
+        for peer in peers:
             check_other_domain(backend.domid, peer)
         if args.listen:
-            await _serve_vchan(args, backend, log)
+            await _serve_vchan(args, peers, backend, log)
         else:
-            await _serve_socket(args, backend, log)
+            await _serve_socket(args, peers[0], backend, log)
     return ExitStatus.OK  # not reached: both serve until cancelled
 
 
-async def _forward(
-    number: int, vchan: VchanStream, sock: trio.SocketStream, args: argparse.Namespace, log: _Log
-) -> None:
-    """Bridge one connection and report how it ended."""
+def socket_end(sock: trio.abc.Stream) -> Local:
+    """A socket connection as the local end of a bridge."""
+    return Local(sock, sock, "the socket", "the socket")
+
+
+async def forward(
+    number: int, vchan: VchanStream, local: Local, chunk_size: int, log: ProxyLog
+) -> Ending | None:
+    """Bridge one connection and report how it ended (None: it failed)."""
     transfer = Transfer()
     started = time.monotonic()
     log.note(f"connection {number}: open")
     try:
-        ending = await bridge(
-            vchan,
-            Local(sock, sock, "the socket", "the socket"),
-            chunk_size=args.buffer_size,
-            transfer=transfer,
-        )
+        ending = await bridge(vchan, local, chunk_size=chunk_size, transfer=transfer)
     except (trio.BrokenResourceError, LocalError) as exc:
         log.failure(f"connection {number}: {describe(exc)}")
-    else:
-        outcome = summary(transfer, time.monotonic() - started)
-        log.note(f"connection {number}: {_ENDINGS[ending]}; {outcome}")
+        return None
+    outcome = summary(transfer, time.monotonic() - started)
+    log.note(f"connection {number}: {_ENDINGS[ending]}; {outcome}")
+    return ending
 
 
-async def _serve_vchan(args: argparse.Namespace, backend: Backend, log: _Log) -> None:
+async def _serve_vchan(
+    args: argparse.Namespace, peers: list[int], backend: Backend, log: ProxyLog
+) -> None:
     target: Address = args.target
 
     async def handle(vchan: VchanStream) -> None:
@@ -207,14 +236,14 @@ async def _serve_vchan(args: argparse.Namespace, backend: Backend, log: _Log) ->
             try:
                 sock = await target.connect()
             except OSError as exc:
-                log.failure(f"connection {number}: cannot connect to {target}: {exc}")
+                log.failure(f"connection {number}: cannot connect to {target}: {reason(exc)}")
                 return
             async with sock:
-                await _forward(number, vchan, sock, args, log)
+                await forward(number, vchan, socket_end(sock), args.buffer_size, log)
 
     size: int = args.buffer_size
     listeners: list[trio.abc.Listener[VchanStream]] = []
-    for peer in args.peers:
+    for peer in peers:
         try:
             listener = _api.VchanListener(
                 peer,
@@ -228,8 +257,8 @@ async def _serve_vchan(args: argparse.Namespace, backend: Backend, log: _Log) ->
             raise CommandError(describe(exc), ExitStatus.USAGE) from None
         wait = Wait.between(backend.domid, peer, args.port, listening=True)
         listeners.append(_FirstWait(listener, wait, args.timeout, log.note))
-    domains = ", ".join(map(str, args.peers))
-    plural = "s" if len(args.peers) > 1 else ""
+    domains = ", ".join(map(str, peers))
+    plural = "s" if len(peers) > 1 else ""
     log.note(f"serving port {args.port!r} to domain{plural} {domains}, forwarding to {target}")
     await trio.serve_listeners(handle, listeners)
 
@@ -274,9 +303,10 @@ class _FirstWait(trio.abc.Listener[VchanStream]):
         await self._listener.aclose()
 
 
-async def _serve_socket(args: argparse.Namespace, backend: Backend, log: _Log) -> None:
+async def _serve_socket(
+    args: argparse.Namespace, server: int, backend: Backend, log: ProxyLog
+) -> None:
     target: Address = args.target
-    (server,) = args.peers
     wait = Wait.between(backend.domid, server, args.port, listening=False)
     turn = trio.Lock()  # one vchan connection at a time, as vchan-socket-proxy
 
@@ -295,9 +325,11 @@ async def _serve_socket(args: argparse.Namespace, backend: Backend, log: _Log) -
                 log.failure(f"connection {number}: cannot connect to the vchan: {describe(exc)}")
                 return
             async with vchan:
-                await _forward(number, vchan, sock, args, log)
+                await forward(number, vchan, socket_end(sock), args.buffer_size, log)
 
-    async with target.listen() as listeners:
+    async with target.listen(
+        unlink_stale=args.unlink_stale, stale_hint="pass --unlink-stale to replace it"
+    ) as listeners:
         where = describe_listeners(listeners)
         log.note(f"listening on {where}, forwarding to port {args.port!r} of domain {server}")
         await trio.serve_listeners(handle, listeners)

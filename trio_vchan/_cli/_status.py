@@ -65,12 +65,13 @@ def leaves(exc: BaseException) -> list[BaseException]:
 
 
 def describe(exc: BaseException) -> str:
-    """One line for an expected error: its message, then its causes' messages."""
+    """One line for an expected error: its message, then those of its causes that it does
+    not already say (a message often quotes its cause)."""
     parts: list[str] = []
     current: BaseException | None = exc
     while current is not None:
         text = str(current) or type(current).__name__
-        if text not in parts:
+        if not any(text in part for part in parts):
             parts.append(text)
         current = current.__cause__
     return ": ".join(parts)

@@ -63,3 +63,14 @@ def stderr_is_terminal() -> bool:
         return os.isatty(sys.stderr.fileno())
     except (AttributeError, ValueError, OSError):
         return False
+
+
+def stdin_size() -> int | None:
+    """How many bytes standard input has left to read, if it is a regular file (else None)."""
+    try:
+        here = os.fstat(0)
+        if not stat.S_ISREG(here.st_mode):
+            return None
+        return max(0, here.st_size - os.lseek(0, 0, os.SEEK_CUR))
+    except OSError:
+        return None

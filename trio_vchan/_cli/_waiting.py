@@ -9,6 +9,7 @@ never came instead of hanging.
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from typing import Final
 import attrs
 import trio
 
+from .._errors import XenStoreError
 from .._handshake import vchan_path
 from ._status import CommandError, ExitStatus, describe
 
@@ -61,6 +63,25 @@ class GaveUp(CommandError):
 
     def __init__(self, wait: Wait, timeout: float) -> None:
         super().__init__(f"gave up after {timeout:g} s waiting for {wait}", ExitStatus.TIMED_OUT)
+
+
+def refused(exc: BaseException, wait: Wait) -> CommandError | None:
+    """A XenStore refusal during setup, said with what was being done and what to do (None:
+    ``exc`` is something else)."""
+    if not isinstance(exc, XenStoreError) or exc.errno not in (errno.EACCES, errno.EPERM):
+        return None
+    if wait.listening:
+        return CommandError(
+            f"cannot serve {wait.port!r}: XenStore does not let this domain write the"
+            f" advertisement at {wait.path} ({exc.strerror}); a domain may write below"
+            " /local/domain/<its domid>/data (where a port name puts the vchan) and where the"
+            " toolstack allows it: give a port name, or a path this domain may write"
+        )
+    return CommandError(
+        f"cannot connect to {wait.port!r}: XenStore does not let this domain read the"
+        f" advertisement at {wait.path} ({exc.strerror}); is this the path that domain"
+        f" {wait.peer} serves?"
+    )
 
 
 def check_other_domain(own_domid: int, peer: int) -> None:
@@ -129,6 +150,9 @@ async def waiting(
                 notice.cancel()
     if isinstance(failure, ValueError) and not set_up:
         raise CommandError(describe(failure), ExitStatus.USAGE) from None
+    explained = None if failure is None or set_up else refused(failure, wait)
+    if explained is not None:
+        raise explained from None
     if failure is not None:
         raise failure
     if give_up.cancelled_caught:
