@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from test_stream import pair
 
-from trio_vchan import IncompleteReceiveError
+from trio_vchan import IncompleteReceiveError, VchanStream
 from trio_vchan.sim import SimulatedHost
 
 # -- send_nowait / receive_nowait -----------------------------------------------------------------
@@ -199,36 +199,60 @@ async def test_a_file_through_the_ring_both_ways(sim: SimulatedHost, tmp_path: P
             async with trio.open_nursery() as nursery:
 
                 async def send() -> None:
-                    assert await client.send_from_fd(inp) == len(payload)
+                    sent = 0
+                    while count := await client.send_from_fd(inp):
+                        assert count <= 4096  # at most what fits
+                        sent += count
+                    assert sent == len(payload)
                     await client.aclose()
 
                 nursery.start_soon(send)
-                assert await server.receive_to_fd(out) == len(payload)
+                written = 0
+                while count := await server.receive_to_fd(out):
+                    written += count
+                assert written == len(payload)
         finally:
             os.close(inp)
             os.close(out)
     assert target.read_bytes() == payload
 
 
-async def test_fd_calls_with_counts_and_nonblocking_pipes(sim: SimulatedHost) -> None:
+async def test_fd_calls_take_max_bytes_and_wait_on_nonblocking_pipes(sim: SimulatedHost) -> None:
+    text = b"0123456789" * 100
     async with pair(sim, read_size=1024, write_size=1024) as (server, client):
+        await _check_pipes(server, client, text)
+
+
+async def _check_pipes(server: VchanStream, client: VchanStream, text: bytes) -> None:
+    with trio.fail_after(10):  # a lost byte shows as a wait that never ends
         read_end, write_end = os.pipe()
         out_read, out_write = os.pipe()
         for fd in (read_end, write_end, out_read, out_write):
             os.set_blocking(fd, False)
         try:
-            os.write(write_end, b"0123456789" * 100)
+            os.write(write_end, text)
             with trio.testing.assert_checkpoints():
                 assert await client.send_from_fd(read_end, 700) == 700
-            assert await server.receive_to_fd(out_write, 500) == 500
-            assert os.read(out_read, 1000) == (b"0123456789" * 100)[:500]
+            with trio.testing.assert_checkpoints():
+                assert await server.receive_to_fd(out_write, 500) == 500
+            assert os.read(out_read, 1000) == text[:500]
             async with trio.open_nursery() as nursery:
-                # the pipe has 300 bytes left and no writer yet: the call waits on it
-                nursery.start_soon(client.send_from_fd, read_end)
+
+                async def send_rest() -> None:
+                    assert await client.send_from_fd(read_end) == 300
+                    assert await client.send_from_fd(read_end) == 0  # the writer closed
+
+                nursery.start_soon(send_rest)
+                await trio.testing.wait_all_tasks_blocked()  # the pipe is empty: it waits
+                assert await server.receive_exactly(200) == text[500:700]
                 await trio.testing.wait_all_tasks_blocked()
                 os.close(write_end)
                 write_end = -1
-            assert await server.receive_exactly(500) == (b"0123456789" * 100)[500:]
+            assert await server.receive_exactly(300) == text[700:]
+            with pytest.raises(OSError, match="Bad file descriptor"):
+                await client.send_from_fd(write_end)  # -1: the stream stays usable
+            await client.send_all(b"still usable")
+            assert await server.receive_exactly(12) == b"still usable"
         finally:
             for fd in (read_end, write_end, out_read, out_write):
                 if fd >= 0:
@@ -244,7 +268,8 @@ async def test_receive_to_fd_cancelled_on_a_full_pipe_loses_nothing(sim: Simulat
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client.send_all, payload)
                 with trio.move_on_after(0.3):
-                    await server.receive_to_fd(out_write)  # the pipe fills up and nobody reads
+                    while await server.receive_to_fd(out_write):  # until the pipe is full
+                        pass
                 got = bytearray()
                 os.set_blocking(out_read, False)
                 with contextlib.suppress(BlockingIOError):

@@ -501,47 +501,47 @@ class VchanStream(trio.abc.Stream):
 
     # -- between the ring and a file descriptor ------------------------------------------------
 
-    async def send_from_fd(self, fd: int, count: int | None = None) -> int:
-        """Read from ``fd`` straight into the ring (no copy in between) until its end of file,
-        or until ``count`` bytes; returns how many bytes were sent.
+    async def send_from_fd(self, fd: int, max_bytes: int | None = None) -> int:
+        """Read once from ``fd`` straight into the ring (no buffer in between): wait until
+        the ring has space and ``fd`` has data, read up to ``max_bytes`` (default: whatever
+        fits), publish it; returns how many bytes that was, 0 at ``fd``'s end of file.
 
         Regular files are read as they are; a pipe, socket or terminal must be in non-blocking
-        mode (``os.set_blocking(fd, False)``), and is then waited on with trio. Cancelled, the
-        call may have sent part of it, as :meth:`send_all`.
+        mode (``os.set_blocking(fd, False)``), and is then waited on with trio. A copy of a
+        whole file is ``while await stream.send_from_fd(fd): pass``.
 
         Raises:
-            OSError: reading ``fd`` failed (the stream stays usable).
+            OSError: reading ``fd`` failed (nothing was sent; the stream stays usable).
             trio.BusyResourceError, trio.ClosedResourceError, trio.BrokenResourceError: as
                 :meth:`send_all`.
         """
+        limit = None if max_bytes is None else _check_max_bytes(max_bytes)
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
-            sent = 0
-            woke = False
-            while count is None or sent < count:
+            blocked = woke = False
+            while True:
                 token = self._notifier.token()
-                views = self._guard(self._free_space, None if count is None else count - sent)
+                views = self._guard(self._free_space, limit)
                 if not views:
                     if self._guard(self._peer_port_closed, woke):
                         raise trio.BrokenResourceError("peer closed the vchan (its port is gone)")
                     woke = await self._wait_for_space(token)
+                    blocked |= woke
                     continue
                 try:
                     taken = os.readv(fd, views)
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(fd)
+                    blocked = True
                     continue
                 finally:
                     for view in views:
                         view.release()
-                if not taken:
-                    break  # end of file
-                self._guard(self._commit, taken)
-                sent += taken
-                woke = False
-                await trio.lowlevel.checkpoint()  # a fast file must not starve other tasks
-            await trio.lowlevel.checkpoint()
-            return sent
+                if taken:
+                    self._guard(self._commit, taken)
+                if not blocked:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return taken
 
     def _free_space(self, limit: int | None) -> list[memoryview]:
         if self._peer_gone is not None:
@@ -557,51 +557,56 @@ class VchanStream(trio.abc.Stream):
         if self._ring.commit(count):
             self._channel.notify()
 
-    async def receive_to_fd(self, fd: int, count: int | None = None) -> int:
-        """Write what arrives straight from the ring to ``fd`` (no copy in between) until end
-        of stream, or until ``count`` bytes; returns how many bytes were written.
+    async def receive_to_fd(self, fd: int, max_bytes: int | None = None) -> int:
+        """Write once from the ring straight to ``fd`` (no buffer in between): wait until
+        data has arrived and ``fd`` takes some, write up to ``max_bytes`` of it; returns how
+        many bytes ``fd`` took (only those are consumed), 0 at end of stream.
 
-        As for :meth:`send_from_fd`, a pipe, socket or terminal must be non-blocking. Only
-        what ``fd`` accepted is consumed, so a cancelled call loses nothing: the rest stays
-        in the ring for the next receive.
+        As for :meth:`send_from_fd`, a pipe, socket or terminal must be non-blocking; a
+        cancelled call loses nothing, what ``fd`` did not take stays in the ring.
 
         Raises:
-            OSError: writing ``fd`` failed (what it did not take stays in the ring).
+            OSError: writing ``fd`` failed (nothing was consumed).
             trio.BusyResourceError, trio.ClosedResourceError, trio.BrokenResourceError: as
                 :meth:`receive_some`.
         """
+        limit = None if max_bytes is None else _check_max_bytes(max_bytes)
         with self._receive_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
-            written = 0
-            woke = False
-            while count is None or written < count:
-                limit = None if count is None else count - written
-                if self._unread:
-                    taken = os.write(fd, self._unread[:limit])  # a cancelled receive_exactly's
+            blocked = woke = False
+            while True:
+                if self._unread:  # what a cancelled receive_exactly took, first
+                    try:
+                        taken = os.write(fd, self._unread[:limit])
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(fd)
+                        blocked = True
+                        continue
                     del self._unread[:taken]
-                    written += taken
-                    continue
+                    break
                 token = self._notifier.token()
                 views = self._guard(self._waiting_data, limit, woke)
                 if views is None:
-                    break  # end of stream
+                    taken = 0  # end of stream
+                    break
                 if not views:
                     woke = await self._wait_for_data(token)
+                    blocked |= woke
                     continue
                 try:
                     taken = os.writev(fd, views)
                 except BlockingIOError:
                     await trio.lowlevel.wait_writable(fd)
+                    blocked = True
                     continue
                 finally:
                     for view in views:
                         view.release()
                 self._guard(self._consume, taken)
-                written += taken
-                woke = False
-                await trio.lowlevel.checkpoint()
-            await trio.lowlevel.checkpoint()
-            return written
+                break
+            if not blocked:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return taken
 
     def _waiting_data(self, limit: int | None, woke: bool) -> list[memoryview] | None:
         """Views of the data in the ring; [] for "nothing yet", None at end of stream."""

@@ -20,6 +20,8 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from .._stream import VchanStream
+
 
 class Ending(enum.Enum):
     """Why a bridge ended without error."""
@@ -78,6 +80,12 @@ class Local:
 
 
 _PEER_GONE = (errno.EPIPE, errno.ECONNRESET)
+
+
+def _fd_of(stream: object) -> int | None:
+    """The descriptor under a local stream that is one (standard input and output, which
+    FdStream has made non-blocking), for copies straight between it and the ring."""
+    return stream.fileno() if isinstance(stream, trio.lowlevel.FdStream) else None
 
 
 def _output_closed(exc: BaseException) -> bool:
@@ -145,9 +153,15 @@ class _Bridge:
 
     async def incoming(self, scope: trio.CancelScope) -> None:
         try:
-            while data := await self._vchan.receive_some(self._chunk_size):
-                await self._write_local(data)
-                self._transfer.add(received=len(data))
+            output = _fd_of(self._local.output)
+            if isinstance(self._vchan, VchanStream) and output is not None:
+                # straight from the ring to the descriptor: no buffer in between
+                while count := await self._receive_to(self._vchan, output):
+                    self._transfer.add(received=count)
+            else:
+                while data := await self._vchan.receive_some(self._chunk_size):
+                    await self._write_local(data)
+                    self._transfer.add(received=len(data))
         except (trio.BrokenResourceError, LocalError) as exc:
             self._finish(scope, None, exc)
         else:
@@ -160,10 +174,17 @@ class _Bridge:
         self, source: trio.abc.ReceiveStream, scope: trio.CancelScope, ends_session: bool
     ) -> None:
         try:
-            while data := await self._read_local(source):
-                self._input_started = True
-                await self._vchan.send_all(data)
-                self._transfer.add(sent=len(data))
+            fd = _fd_of(source)
+            if isinstance(self._vchan, VchanStream) and fd is not None:
+                # straight from the descriptor into the ring
+                while count := await self._send_from(self._vchan, fd):
+                    self._input_started = True
+                    self._transfer.add(sent=count)
+            else:
+                while data := await self._read_local(source):
+                    self._input_started = True
+                    await self._vchan.send_all(data)
+                    self._transfer.add(sent=len(data))
         except LocalError as exc:
             self._finish(scope, None, exc)
         except trio.BrokenResourceError as exc:
@@ -175,6 +196,20 @@ class _Bridge:
             self._input_ended = True
             if ends_session:
                 self._finish(scope, Ending.INPUT_ENDED, None)
+
+    async def _send_from(self, vchan: VchanStream, fd: int) -> int:
+        try:
+            return await vchan.send_from_fd(fd, self._chunk_size)
+        except OSError as exc:
+            raise LocalError(f"cannot read {self._local.input_name}") from exc
+
+    async def _receive_to(self, vchan: VchanStream, fd: int) -> int:
+        try:
+            return await vchan.receive_to_fd(fd, self._chunk_size)
+        except OSError as exc:
+            raise LocalError(
+                f"cannot write {self._local.output_name}", output_closed=exc.errno in _PEER_GONE
+            ) from exc
 
     async def _read_local(self, source: trio.abc.ReceiveStream) -> bytes | bytearray:
         try:
