@@ -56,6 +56,7 @@ from trio_vchan._layout import (
     LEFT_CONS,
     LEFT_ORDER,
     LEFT_PROD,
+    OFFSETS,
     PAGE_SHIFT,
     PAGE_SIZE,
     RIGHT_CONS,
@@ -66,6 +67,7 @@ from trio_vchan._layout import (
     NotifyBit,
     RingOrders,
     Role,
+    RoleOffsets,
     choose_orders,
     in_page_ring,
     ring_pages,
@@ -157,34 +159,38 @@ class _Vchan:
         return self.left if self.server else self.right
 
     @property
+    def _at(self) -> RoleOffsets:
+        return OFFSETS[self.role]
+
+    @property
     def our_prod(self) -> int:
-        return RIGHT_PROD if self.server else LEFT_PROD
+        return self._at.write_prod
 
     @property
     def their_cons(self) -> int:
         """The victim's consumer index of the ring we write."""
-        return RIGHT_CONS if self.server else LEFT_CONS
+        return self._at.write_cons
 
     @property
     def their_prod(self) -> int:
-        return LEFT_PROD if self.server else RIGHT_PROD
+        return self._at.read_prod
 
     @property
     def our_cons(self) -> int:
-        return LEFT_CONS if self.server else RIGHT_CONS
+        return self._at.read_cons
 
     @property
     def our_notify(self) -> int:
         """The byte in which the victim asks us for events (we check and clear it)."""
-        return SRV_NOTIFY if self.server else CLI_NOTIFY
+        return self._at.own_notify
 
     @property
     def our_live(self) -> int:
-        return SRV_LIVE if self.server else CLI_LIVE
+        return self._at.own_live
 
     @property
     def their_live(self) -> int:
-        return CLI_LIVE if self.server else SRV_LIVE
+        return self._at.peer_live
 
     def _victim_writable(self) -> list[tuple[int, int]]:
         """Byte ranges of the page that the protocol lets the victim write."""

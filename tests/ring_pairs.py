@@ -7,7 +7,11 @@ import attrs
 from trio_vchan._layout import (
     CLI_LIVE,
     CLI_NOTIFY,
+    LEFT_CONS,
+    LEFT_PROD,
     PAGE_SIZE,
+    RIGHT_CONS,
+    RIGHT_PROD,
     SRV_LIVE,
     Live,
     NotifyBit,
@@ -38,7 +42,7 @@ def make_pair(orders: RingOrders, start_index: int = 0) -> RingPair:
     """A connected pair, every index starting at ``start_index`` (to exercise 2**32 wrap)."""
     page = memoryview(bytearray(PAGE_SIZE))
     write_orders(page, orders)
-    for offset in (0, 4, 8, 12):
+    for offset in (LEFT_CONS, LEFT_PROD, RIGHT_CONS, RIGHT_PROD):
         page[offset : offset + 4] = start_index.to_bytes(4, "little")
     page[CLI_LIVE] = Live.CONNECTED
     page[SRV_LIVE] = Live.CONNECTED

@@ -64,6 +64,31 @@ class Live(enum.IntEnum):
 
 
 @attrs.frozen
+class RoleOffsets:
+    """Where one role's indices, notify bytes and live bytes are in the page."""
+
+    read_prod: int  # the peer's producer index of the ring this role reads
+    read_cons: int  # this role's consumer index of it
+    write_prod: int
+    write_cons: int
+    own_notify: int  # the peer requests here; this role checks and clears it
+    peer_notify: int  # this role requests here; the peer checks and clears it
+    own_live: int
+    peer_live: int
+
+
+#: Each role's view of ``struct vchan_interface``: the client writes left, the server right.
+OFFSETS: Final = {
+    Role.SERVER: RoleOffsets(
+        LEFT_PROD, LEFT_CONS, RIGHT_PROD, RIGHT_CONS, SRV_NOTIFY, CLI_NOTIFY, SRV_LIVE, CLI_LIVE
+    ),
+    Role.CLIENT: RoleOffsets(
+        RIGHT_PROD, RIGHT_CONS, LEFT_PROD, LEFT_CONS, CLI_NOTIFY, SRV_NOTIFY, CLI_LIVE, SRV_LIVE
+    ),
+}
+
+
+@attrs.frozen
 class RingOrders:
     """Both rings' sizes as log2: ``left`` (client to server), ``right`` (server to client)."""
 

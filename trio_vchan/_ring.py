@@ -27,8 +27,6 @@ from __future__ import annotations
 
 from typing import NamedTuple, final
 
-import attrs
-
 try:
     from . import _native
 except ImportError:
@@ -49,21 +47,7 @@ except ImportError:
         " tree with `pip install -e .`."
     ) from None  # the original says "most likely due to a circular import": it is not
 from ._errors import ProtocolError
-from ._layout import (
-    CLI_LIVE,
-    CLI_NOTIFY,
-    LEFT_CONS,
-    LEFT_PROD,
-    MAX_RING_SIZE,
-    PAGE_SIZE,
-    RIGHT_CONS,
-    RIGHT_PROD,
-    SMALL_RING_SIZE,
-    SRV_LIVE,
-    SRV_NOTIFY,
-    Live,
-    Role,
-)
+from ._layout import MAX_RING_SIZE, OFFSETS, PAGE_SIZE, SMALL_RING_SIZE, Live, Role
 from ._version import __version__
 
 if _native.ffi.string(_native.lib.trio_vchan_native_version()).decode() != __version__:
@@ -105,30 +89,6 @@ _new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new
 _LIVE_FIELD = 0xFF  # bits 1..8 of a step's result
 
 
-@attrs.frozen
-class _Offsets:
-    """Where one role's indices, notify bytes and live bytes are in the page."""
-
-    read_prod: int
-    read_cons: int
-    write_prod: int
-    write_cons: int
-    own_notify: int  # the peer requests here; we check and clear it
-    peer_notify: int  # we request here; the peer checks and clears it
-    own_live: int
-    peer_live: int
-
-
-_OFFSETS = {
-    Role.SERVER: _Offsets(
-        LEFT_PROD, LEFT_CONS, RIGHT_PROD, RIGHT_CONS, SRV_NOTIFY, CLI_NOTIFY, SRV_LIVE, CLI_LIVE
-    ),
-    Role.CLIENT: _Offsets(
-        RIGHT_PROD, RIGHT_CONS, LEFT_PROD, LEFT_CONS, CLI_NOTIFY, SRV_NOTIFY, CLI_LIVE, SRV_LIVE
-    ),
-}
-
-
 def _check_ring(ring: memoryview, what: str) -> int:
     size = len(ring)
     if not SMALL_RING_SIZE <= size <= MAX_RING_SIZE or size & (size - 1):
@@ -167,7 +127,7 @@ class RingEndpoint:
             ffi.from_buffer("uint8_t[]", view, require_writable=writable)
             for view, writable in ((page, True), (read_ring, False), (write_ring, True))
         ]
-        at = _OFFSETS[role]
+        at = OFFSETS[role]
         end = self._end = ffi.new("struct vchan_end *")
         end.page, end.read_ring, end.write_ring = self._pointers
         end.read_size, end.write_size = self.read_size, self.write_size
