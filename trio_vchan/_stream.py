@@ -303,10 +303,14 @@ class VchanStream(trio.abc.Stream):
                 :meth:`receive_some`.
         """
         count = operator.index(count)
-        if count < 1:
-            raise ValueError(f"count must be >= 1, not {count}")
+        if count < 0:
+            raise ValueError(f"count must be >= 0, not {count}")
         with self._receive_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
+            if not count:  # an empty message (a header said 0, say)
+                self._check_status()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return b""
             if count <= self._ring.read_size and not self._unread:
                 data, blocked = await self._receive_whole(count)
             else:
