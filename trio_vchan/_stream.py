@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ._handshake import Endpoint
 
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 _P = ParamSpec("_P")
 DEFAULT_RECEIVE_SIZE: Final = 65536
 _BUSY_POLL_MAX: Final = 0.01
@@ -94,6 +95,25 @@ def _trim(views: list[memoryview], limit: int | None) -> list[memoryview]:
             limit -= len(trimmed[-1])
         view.release()
     return trimmed
+
+
+async def _fd_io(
+    io: Callable[[int, list[memoryview]], int],
+    fd: int,
+    views: list[memoryview],
+    wait: Callable[[int], Awaitable[None]],
+) -> int | None:
+    """``io(fd, views)`` (os.readv or os.writev), the views of the ring released after; None
+    when ``fd`` would block, returned once it may not."""
+    try:
+        return io(fd, views)
+    except BlockingIOError:
+        pass
+    finally:
+        for view in views:
+            view.release()
+    await wait(fd)
+    return None
 
 
 def _writable_bytes(buffer: WritableBuffer) -> memoryview:
@@ -226,16 +246,7 @@ class VchanStream(trio.abc.Stream):
         with self._receive_conflict:
             limit = _check_max_bytes(max_bytes)
             await trio.lowlevel.checkpoint_if_cancelled()
-            blocked = woke = False
-            while True:
-                token = self._notifier.token()  # before looking: no lost wake-ups
-                data = self._guard(self._read_step, limit, woke)
-                if data is not None:
-                    if not blocked:  # a wait that blocked was this call's checkpoint already
-                        await trio.lowlevel.cancel_shielded_checkpoint()
-                    return data
-                woke = await self._wait_for_data(token)
-                blocked |= woke
+            return await self._receive_until(self._read_step, limit)
 
     def receive_nowait(self, max_bytes: int | None = None) -> bytes | bytearray:
         """Return up to ``max_bytes`` of what has arrived, without waiting (and without a
@@ -264,16 +275,7 @@ class VchanStream(trio.abc.Stream):
         """
         with self._receive_conflict, _writable_bytes(buffer) as target:
             await trio.lowlevel.checkpoint_if_cancelled()
-            blocked = woke = False
-            while True:
-                token = self._notifier.token()
-                count = self._guard(self._read_into_step, target, woke)
-                if count is not None:
-                    if not blocked:
-                        await trio.lowlevel.cancel_shielded_checkpoint()
-                    return count
-                woke = await self._wait_for_data(token)
-                blocked |= woke
+            return await self._receive_until(self._read_into_step, target)
 
     def receive_into_nowait(self, buffer: WritableBuffer) -> int:
         """:meth:`receive_into` without waiting: 0 at end of stream.
@@ -312,23 +314,27 @@ class VchanStream(trio.abc.Stream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return b""
             if count <= self._ring.read_size and not self._unread:
-                data, blocked = await self._receive_whole(count)
-            else:
-                data, blocked = await self._receive_pieces(count)
+                # nothing is taken until all of it is there: a cancel leaves it in the ring
+                return await self._receive_until(self._read_whole_step, count, needs=count)
+            data, blocked = await self._receive_pieces(count)
             if not blocked:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
 
-    async def _receive_whole(self, count: int) -> tuple[bytes | bytearray, bool]:
-        """Wait until ``count`` bytes (at most a ring's worth) are in the ring, then take them
-        in one step."""
+    async def _receive_until(
+        self, step: Callable[[_A, bool], _T | None], argument: _A, needs: int = 1
+    ) -> _T:
+        """Run a receive step until it returns something, waiting for ``needs`` bytes in
+        between; then the call's checkpoint, unless a wait that blocked was it already."""
         blocked = woke = False
         while True:
-            token = self._notifier.token()
-            data = self._guard(self._read_whole_step, count, woke)
-            if data is not None:
-                return data, blocked
-            woke = await self._wait_for_data(token, count)
+            token = self._notifier.token()  # before looking: no lost wake-ups
+            result = self._guard(step, argument, woke)
+            if result is not None:
+                if not blocked:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return result
+            woke = await self._wait_for_data(token, needs)
             blocked |= woke
 
     async def _receive_pieces(self, count: int) -> tuple[bytearray, bool]:
@@ -532,15 +538,10 @@ class VchanStream(trio.abc.Stream):
                     woke = await self._wait_for_space(token)
                     blocked |= woke
                     continue
-                try:
-                    taken = os.readv(fd, views)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(fd)
+                taken = await _fd_io(os.readv, fd, views, trio.lowlevel.wait_readable)
+                if taken is None:
                     blocked = True
                     continue
-                finally:
-                    for view in views:
-                        view.release()
                 if taken:
                     self._guard(self._commit, taken)
                 if not blocked:
@@ -580,13 +581,13 @@ class VchanStream(trio.abc.Stream):
             blocked = woke = False
             while True:
                 if self._unread:  # what a cancelled receive_exactly took, first
-                    try:
-                        taken = os.write(fd, self._unread[:limit])
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_writable(fd)
+                    unread = [memoryview(self._unread)[:limit]]
+                    written = await _fd_io(os.writev, fd, unread, trio.lowlevel.wait_writable)
+                    if written is None:
                         blocked = True
                         continue
-                    del self._unread[:taken]
+                    del self._unread[:written]
+                    taken = written
                     break
                 token = self._notifier.token()
                 views = self._guard(self._waiting_data, limit, woke)
@@ -597,16 +598,12 @@ class VchanStream(trio.abc.Stream):
                     woke = await self._wait_for_data(token)
                     blocked |= woke
                     continue
-                try:
-                    taken = os.writev(fd, views)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(fd)
+                written = await _fd_io(os.writev, fd, views, trio.lowlevel.wait_writable)
+                if written is None:
                     blocked = True
                     continue
-                finally:
-                    for view in views:
-                        view.release()
-                self._guard(self._consume, taken)
+                self._guard(self._consume, written)
+                taken = written
                 break
             if not blocked:
                 await trio.lowlevel.cancel_shielded_checkpoint()
