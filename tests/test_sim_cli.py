@@ -1,4 +1,4 @@
-"""``trio-vchan sim``, run as ``python -m trio_vchan._sim_cli`` until ``__main__`` wires it in."""
+"""``trio-vchan sim``, run as ``python -m trio_vchan._cli._sim`` until ``__main__`` wires it in."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import trio
 from sim_agent import agent
 from subprocess_paths import SAFE_PATH
 
-from trio_vchan._sim_cli import _host_pid
+from trio_vchan._cli._sim import _host_pid
 
 TIMEOUT = 60
-CLI = [sys.executable, *SAFE_PATH, "-m", "trio_vchan._sim_cli"]
+CLI = [sys.executable, *SAFE_PATH, "-m", "trio_vchan._cli._sim"]
 
 CHILD = """
 import os, sys

@@ -528,3 +528,10 @@ async def test_stopping_the_host_breaks_clients() -> None:
     assert exc_info.value.errno == errno.EPIPE
     share.close()
     backend.close()
+
+
+def test_sim_exports_only_documented_names() -> None:
+    import trio_vchan.sim
+    from test_exports import documented_names
+
+    assert sorted(trio_vchan.sim.__all__) == sorted(documented_names("trio_vchan.sim"))

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ._backend import check_domid
-from ._sim._host import SimulatedHost
-from ._sim._platform import ENV_DIR, ENV_DOMID, domain_dir, parse_domid
-from ._sim._proto import MESSAGE_MAX, Op, Reply, Request
+from .._backend import check_domid
+from .._sim._client import parse_domid
+from .._sim._host import SimulatedHost
+from .._sim._proto import ENV_DIR, ENV_DOMID, MESSAGE_MAX, Op, Reply, Request, domain_dir
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -319,7 +319,7 @@ async def _run_background(args: argparse.Namespace, command: list[str]) -> int:
         print(f"trio-vchan sim: {exc}", file=sys.stderr)
         return 2
     argv = [sys.executable, *(["-P"] if getattr(sys.flags, "safe_path", False) else [])]
-    argv += ["-m", "trio_vchan._sim_cli"]
+    argv += ["-m", "trio_vchan._cli._sim"]
     if args.dir:
         directory = _absolute(args.dir)
         problem = _directory_problem(directory)
@@ -459,7 +459,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m trio_vchan._sim_cli [--dir DIR] [-- COMMAND ...]`` (or ``--destroy DOMID``)."""
+    """``python -m trio_vchan._cli._sim [--dir DIR] [-- COMMAND ...]`` (or ``--destroy DOMID``)."""
     parser = argparse.ArgumentParser(
         prog="trio-vchan sim",
         description=DESCRIPTION,
