@@ -531,7 +531,8 @@ async def test_stopping_the_host_breaks_clients() -> None:
 
 
 def test_sim_exports_only_documented_names() -> None:
-    import trio_vchan.sim
     from test_exports import documented_names
+
+    import trio_vchan.sim
 
     assert sorted(trio_vchan.sim.__all__) == sorted(documented_names("trio_vchan.sim"))
