@@ -1,4 +1,4 @@
-"""``trio-vchan sim``, run as ``python -m trio_vchan._cli._sim`` until ``__main__`` wires it in."""
+"""``trio-vchan sim``, run as ``python -m trio_vchan sim``."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from subprocess_paths import SAFE_PATH
 from trio_vchan._cli._sim import _host_pid
 
 TIMEOUT = 60
-CLI = [sys.executable, *SAFE_PATH, "-m", "trio_vchan._cli._sim"]
+CLI = [sys.executable, *SAFE_PATH, "-m", "trio_vchan", "sim"]
 
 CHILD = """
 import os, sys

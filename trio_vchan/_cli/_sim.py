@@ -15,7 +15,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
@@ -23,9 +23,6 @@ from .._backend import check_domid
 from .._sim._client import parse_domid
 from .._sim._host import SimulatedHost
 from .._sim._proto import ENV_DIR, ENV_DOMID, MESSAGE_MAX, Op, Reply, Request, domain_dir
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -319,7 +316,7 @@ async def _run_background(args: argparse.Namespace, command: list[str]) -> int:
         print(f"trio-vchan sim: {exc}", file=sys.stderr)
         return 2
     argv = [sys.executable, *(["-P"] if getattr(sys.flags, "safe_path", False) else [])]
-    argv += ["-m", "trio_vchan._cli._sim"]
+    argv += ["-m", "trio_vchan", "sim"]
     if args.dir:
         directory = _absolute(args.dir)
         problem = _directory_problem(directory)
@@ -456,19 +453,3 @@ async def run(args: argparse.Namespace) -> int:
                         await _end_group(process.pid)
             return 128 - status if status < 0 else status
     return 0  # unreachable: the signal iterator never ends
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m trio_vchan._cli._sim [--dir DIR] [-- COMMAND ...]`` (or ``--destroy DOMID``)."""
-    parser = argparse.ArgumentParser(
-        prog="trio-vchan sim",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    configure(parser)
-    return trio.run(run, parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
