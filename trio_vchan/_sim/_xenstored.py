@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import logging
 from collections.abc import Callable
 from typing import Final, final
 
@@ -58,6 +59,13 @@ from ._xs_watches import SPECIAL_PERMS, WATCHES_PER_CONNECTION
 #: Limits for unprivileged domains, as C xenstored's defaults.
 PERMS_PER_NODE: Final = 5
 VALUE_MAX: Final = 2048
+#: Connections an unprivileged domain may have open at once. C xenstored has no such quota,
+#: as a domain has one ring; here every process of a domain opens a socket, so this bounds
+#: what one domain may make the host hold (each connection up to 1024 queued messages, 10
+#: transactions and 128 watches) at a number far above what a domain's processes need.
+CONNECTIONS_PER_DOMAIN: Final = 64
+
+log = logging.getLogger(__name__)
 
 # Operations only dom0 may use; answered ENOSYS for dom0 unless implemented.
 _PRIVILEGED_OPS: Final = frozenset(
@@ -103,6 +111,8 @@ class XenStoreServer:
         self._live = LiveView(self._store, self._fire)
         self._domains: set[int] = set()
         self._connections: list[Connection] = []
+        self._connected: collections.Counter[int] = collections.Counter()  # by domid
+        self._refusing: set[int] = set()  # domains at the connection limit, warned of it
         self._outgoing: list[tuple[Connection, bytes]] = []
         self._handlers: dict[MessageType, Callable[[Request], bytes]] = {
             MessageType.READ: self._read,
@@ -189,15 +199,32 @@ class XenStoreServer:
 
         The client's watches and open transactions end with the connection. Never raises for
         anything the client does: a broken stream or a payload over 4096 bytes just ends the
-        connection.
+        connection. An unprivileged domain's connection beyond :data:`CONNECTIONS_PER_DOMAIN`
+        is closed at once (the client reads the end of the stream).
         """
         check_domid(domid)
+        if domid != 0 and self._connected[domid] >= CONNECTIONS_PER_DOMAIN:
+            if domid not in self._refusing:  # once while it is at the limit, not per attempt
+                self._refusing.add(domid)
+                log.warning(
+                    "domain %d has %d XenStore connections open, the most it may have: "
+                    "closing its new ones until one of those closes",
+                    domid,
+                    CONNECTIONS_PER_DOMAIN,
+                )
+            await trio.aclose_forcefully(stream)
+            return
         conn = Connection(domid)
         self._connections.append(conn)
+        self._connected[domid] += 1
         try:
             await conn.serve(stream, self._handle)
         finally:
             self._connections.remove(conn)
+            self._connected[domid] -= 1
+            self._refusing.discard(domid)
+            if not self._connected[domid]:
+                del self._connected[domid]
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -425,7 +452,7 @@ class XenStoreServer:
             conn.next_tx_id = (conn.next_tx_id + 1) % 2**32
         tx_id = conn.next_tx_id
         conn.next_tx_id = (tx_id + 1) % 2**32
-        conn.transactions[tx_id] = Transaction(tx_id, self._store)
+        conn.transactions[tx_id] = Transaction(tx_id, self._store, privileged=conn.privileged)
         return str(tx_id).encode() + b"\0"
 
     def _transaction_end(self, request: Request) -> bytes:
