@@ -296,7 +296,7 @@ async def test_open_transactions_cost_memory_for_what_they_touch_not_the_store(
         for start in range(0, 3000, 100):  # a store of some size
             batch = range(start, start + 100)
             await xs0.write_many([(f"/big/n{i}", b"x" * 20, ROOT) for i in batch])
-        connections = _xenstored.CONNECTIONS_PER_DOMAIN
+        connections = 32
         transactions = connections * 10
         async with attacker(host, 1, "transactions", connections) as (process, next_line):
             assert await next_line() == "connected"

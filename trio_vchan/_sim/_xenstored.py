@@ -60,10 +60,10 @@ from ._xs_watches import SPECIAL_PERMS, WATCHES_PER_CONNECTION
 PERMS_PER_NODE: Final = 5
 VALUE_MAX: Final = 2048
 #: Connections an unprivileged domain may have open at once. C xenstored has no such quota,
-#: as a domain has one ring; here every process of a domain opens a socket, so this bounds
-#: what one domain may make the host hold (each connection up to 1024 queued messages, 10
-#: transactions and 128 watches) at a number far above what a domain's processes need.
-CONNECTIONS_PER_DOMAIN: Final = 64
+#: as a domain has one ring; here every process of a domain opens sockets of its own, and
+#: Xen's libxenvchan opens one per vchan it sets up: 256 is well above what a process setting
+#: up 100 vchans at once needs, and bounds the fds and tasks one domain can make the host hold.
+CONNECTIONS_PER_DOMAIN: Final = 256
 
 log = logging.getLogger(__name__)
 
