@@ -13,8 +13,8 @@ socket protocol is described in ``docs/sim-protocol.md``.
 from __future__ import annotations
 
 from ._sim._client import SimEventChannel as SimEventChannel
-from ._sim._client import backend_from_environ as backend_from_environ
 from ._sim._host import SimulatedHost as SimulatedHost
+from ._sim._host import backend_from_environ as backend_from_environ
 from ._sim._proto import ENV_DIR as ENV_DIR
 from ._sim._proto import ENV_DOMID as ENV_DOMID
 

@@ -12,8 +12,9 @@ The fast paths never talk to the host: an :class:`SimEventChannel` holds two eve
 host created, its own (``fileno()``, what the peer's notifies increment) and the peer's (what
 ``notify()`` increments). Pages are memfds mapped with :mod:`mmap`.
 
-A process that runs the host may join it too: the host serves connections from its own
-process on a thread, so these blocking calls cannot deadlock its trio loop.
+These calls block, so a process that runs the host cannot use them (the host's trio loop
+could not answer): :func:`~trio_vchan.sim.backend_from_environ` gives such a process a
+backend that calls its host directly.
 """
 
 from __future__ import annotations
@@ -516,20 +517,13 @@ def parse_domid(text: str) -> int:
     return check_domid(int(text), ENV_DOMID)
 
 
-def backend_from_environ(environ: Mapping[str, str] | None = None) -> Backend:
-    """Join the simulated host named by ``TRIO_VCHAN_SIM`` as domain ``TRIO_VCHAN_DOMID``.
-
-    The domain is created if the host does not have it yet.
-
-    Args:
-        environ: the environment to read (default :data:`os.environ`).
+def parse_environ(environ: Mapping[str, str]) -> tuple[str, int]:
+    """The host directory and the domain id that ``environ`` names.
 
     Raises:
-        BackendUnavailableError: a variable is unset or the directory is not a running host.
+        BackendUnavailableError: a variable is unset.
         ValueError: ``TRIO_VCHAN_DOMID`` is not a valid domain id.
     """
-    if environ is None:
-        environ = os.environ
     directory = environ.get(ENV_DIR)
     if not directory:
         raise BackendUnavailableError(
@@ -541,7 +535,17 @@ def backend_from_environ(environ: Mapping[str, str] | None = None) -> Backend:
         raise BackendUnavailableError(
             f"{ENV_DIR} is set but {ENV_DOMID} is not: set it to this process's domain id"
         )
-    domid = parse_domid(domid_text)
+    return directory, parse_domid(domid_text)
+
+
+def join(directory: str, domid: int) -> Backend:
+    """Join the simulated host serving ``directory`` (from another process) as ``domid``.
+
+    The domain is created if the host does not have it yet.
+
+    Raises:
+        BackendUnavailableError: the directory is not a running host.
+    """
     control = Path(directory) / "host"
     if not control.is_socket():
         raise BackendUnavailableError(

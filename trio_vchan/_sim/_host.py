@@ -14,9 +14,10 @@ accept loops and every connection they accepted, so destroying the domain ends t
 platform and XenStore state of the domain is released synchronously first, so nothing a
 cancelled task could still do (it only ever reaches a closed connection) can be seen.
 
-A platform or control connection from the host's own process (``SO_PEERCRED``) is served on a
-thread: the client side's calls are blocking, and would otherwise wait for the very trio loop
-they block. :meth:`SimulatedHost.backend` skips the socket and calls the state directly.
+The client side's calls block, so a backend in the host's own process would wait for the
+very trio loop it blocks: :meth:`SimulatedHost.backend` skips the socket and calls the state
+directly, and :func:`backend_from_environ` finds a host running in this process (each running
+host is listed by its directory in ``SimulatedHost._in_this_process``).
 """
 
 from __future__ import annotations
@@ -25,20 +26,18 @@ import collections
 import contextlib
 import errno
 import logging
-import math
 import os
 import shutil
 import socket
-import struct
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, ClassVar, Final, final
 
 import attrs
 import trio
 
 from .._backend import PAGE_SIZE, Backend, check_domid
-from ._client import hello, make_backend
+from ._client import hello, join, make_backend, parse_environ
 from ._fds import ANCILLARY_SPACE, close_quietly, fds_ancillary, received_fds
 from ._host_state import PlatformConnection, PlatformState, Result
 from ._proto import ENV_DIR, ENV_DOMID, MESSAGE_MAX, VERSION, Op, Reply, Request, domain_dir, ok
@@ -104,9 +103,13 @@ class SimulatedHost:
             empty, and keeps its mode.
     """
 
+    #: The hosts running in this process, by their directory's real path.
+    _in_this_process: ClassVar[dict[str, SimulatedHost]] = {}
+
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self._requested = None if directory is None else os.fspath(directory)
         self._directory: Path | None = None
+        self._real_directory = ""  # the key of _in_this_process
         self._created_directory = False
         self._platform = PlatformState()
         self._xenstore: XenStoreServer | None = None
@@ -132,6 +135,7 @@ class SimulatedHost:
             control = self._listen(self._path("host"), socket.SOCK_SEQPACKET)
             self._nursery.start_soon(self._accept_loop, control, self._serve_control, -1)
             self.add_domain(0)
+            self._in_this_process[self._real_directory] = self
         except BaseException:
             await self._stop(None, None, None)
             raise
@@ -152,6 +156,8 @@ class SimulatedHost:
         tb: TracebackType | None,
     ) -> bool | None:
         self._stopped = True
+        if self._in_this_process.get(self._real_directory) is self:
+            del self._in_this_process[self._real_directory]
         try:
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
@@ -178,6 +184,7 @@ class SimulatedHost:
                     ) from None
                 # The caller's own directory keeps the mode the caller gave it.
             self._directory = path
+        self._real_directory = os.path.realpath(self._directory)
         # Every socket path must fit in sun_path; check the longest one now.
         longest = self._directory / "domains" / "32751" / "xenstore"
         if len(os.fsencode(longest)) > _SOCKET_PATH_MAX:
@@ -454,12 +461,7 @@ class SimulatedHost:
             self._platform.disconnect(client)
 
     async def _serve_control(self, conn: trio.socket.SocketType, domid: int) -> None:
-        await self._serve_requests(
-            conn,
-            self._control_request,
-            # from the serving thread, domains are added and destroyed in the trio thread
-            lambda data: trio.from_thread.run_sync(self._control_request, data),
-        )
+        await self._serve_requests(conn, self._control_request)
 
     def _control_request(self, data: bytes) -> Result:
         try:
@@ -487,13 +489,8 @@ class SimulatedHost:
             )
         )
 
-    async def _serve_requests(
-        self, conn: trio.socket.SocketType, answer: _Answer, in_thread: _Answer | None = None
-    ) -> None:
-        """Answer ``conn``'s requests until it hangs up; in a thread if it is this process."""
-        if _peer_pid(conn) == os.getpid():
-            await _serve_in_thread(conn, answer if in_thread is None else in_thread)
-            return
+    async def _serve_requests(self, conn: trio.socket.SocketType, answer: _Answer) -> None:
+        """Answer ``conn``'s requests until it hangs up."""
         while True:
             try:
                 data, ancdata, flags, _ = await conn.recvmsg(MESSAGE_MAX, ANCILLARY_SPACE)
@@ -510,16 +507,6 @@ class SimulatedHost:
                 close_quietly(result.temporary)
 
 
-#: Threads serving this process's own connections: one each for as long as it is open.
-_THREADS = trio.CapacityLimiter(math.inf)
-
-
-def _peer_pid(conn: trio.socket.SocketType) -> int:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid: int = struct.unpack("3i", creds)[0]
-    return pid
-
-
 def _answer_message(data: bytes, ancdata: Ancillary, flags: int, answer: _Answer) -> Result | None:
     """The reply to one received message; None ends the connection."""
     close_quietly(received_fds(ancdata))  # clients send no fds; don't keep any
@@ -529,47 +516,33 @@ def _answer_message(data: bytes, ancdata: Ancillary, flags: int, answer: _Answer
         return Result(Reply(errno.EMSGSIZE, message="request too long"))
     try:
         return answer(data)
-    except trio.RunFinishedError:
-        return None  # the host stopped while this thread was answering
     except Exception:
         log.exception("internal error answering a request; dropping the client")
         return None
 
 
-async def _serve_in_thread(conn: trio.socket.SocketType, answer: _Answer) -> None:
-    """Serve a connection of this very process with blocking calls on a thread of its own.
+def backend_from_environ(environ: Mapping[str, str] | None = None) -> Backend:
+    """Join the simulated host named by ``TRIO_VCHAN_SIM`` as domain ``TRIO_VCHAN_DOMID``.
 
-    Cancelling shuts the socket down, which ends the thread's ``recvmsg``; the thread closes it.
+    The domain is created if the host does not have it yet. In the process that runs the host
+    (call it from the host's trio thread then), this is :meth:`SimulatedHost.backend`.
+
+    Args:
+        environ: the environment to read (default :data:`os.environ`).
+
+    Raises:
+        BackendUnavailableError: a variable is unset or the directory is not a running host.
+        ValueError: ``TRIO_VCHAN_DOMID`` is not a valid domain id.
     """
-    sock = socket.socket(fileno=conn.detach())
-    sock.setblocking(True)
-
-    def serve() -> None:
-        with sock:
-            while True:
-                try:
-                    data, ancdata, flags, _ = sock.recvmsg(MESSAGE_MAX, ANCILLARY_SPACE)
-                except OSError:
-                    return
-                result = _answer_message(data, ancdata, flags, answer)
-                if result is None:
-                    return
-                try:
-                    sock.sendmsg([result.reply.encode()], fds_ancillary(result.fds))
-                except OSError:
-                    return
-                finally:
-                    close_quietly(result.temporary)
-
-    try:
-        await trio.to_thread.run_sync(serve, abandon_on_cancel=True, limiter=_THREADS)
-    finally:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+    directory, domid = parse_environ(os.environ if environ is None else environ)
+    host = SimulatedHost._in_this_process.get(os.path.realpath(directory))
+    if host is not None:
+        return host.backend(domid)
+    return join(directory, domid)
 
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from ._fds import Ancillary
 
