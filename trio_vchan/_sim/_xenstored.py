@@ -54,7 +54,7 @@ from ._xs_store import (
     remove_subtree,
 )
 from ._xs_transactions import TRANSACTIONS_PER_CONNECTION, Transaction
-from ._xs_watches import SPECIAL_PERMS, WATCHES_PER_CONNECTION
+from ._xs_watches import SPECIAL_PERMS, WATCHES_PER_CONNECTION, WatchIndex
 
 #: Limits for unprivileged domains, as C xenstored's defaults.
 PERMS_PER_NODE: Final = 5
@@ -81,6 +81,8 @@ _PRIVILEGED_OPS: Final = frozenset(
         MessageType.SET_QUOTA,
     }
 )
+# Each type code's MessageType (a dict: MessageType(code) is slow).
+_OPS: Final = {op.value: op for op in MessageType}
 # Operations that ignore the header's tx_id.
 _NO_TX_OPS: Final = frozenset({MessageType.WATCH, MessageType.UNWATCH})
 
@@ -111,6 +113,7 @@ class XenStoreServer:
         self._live = LiveView(self._store, self._fire)
         self._domains: set[int] = set()
         self._connections: list[Connection] = []
+        self._watch_index: WatchIndex[Connection] = WatchIndex()
         self._connected: collections.Counter[int] = collections.Counter()  # by domid
         self._refusing: set[int] = set()  # domains at the connection limit, warned of it
         self._outgoing: list[tuple[Connection, bytes]] = []
@@ -214,7 +217,7 @@ class XenStoreServer:
                 )
             await trio.aclose_forcefully(stream)
             return
-        conn = Connection(domid)
+        conn = Connection(domid, self._watch_index)
         self._connections.append(conn)
         self._connected[domid] += 1
         try:
@@ -240,7 +243,7 @@ class XenStoreServer:
 
     def _fire(self, event: Event) -> None:
         """Queue watch events for ``event`` (sent after the current reply, by ``_flush``)."""
-        for conn in self._connections:
+        for conn in self._watch_index.owners(event):
             for message in conn.watches.messages(event):
                 self._outgoing.append((conn, message))
 
@@ -249,24 +252,18 @@ class XenStoreServer:
 
     def _process(self, conn: Connection, request: Message) -> Message:
         """Count and handle one request, and return its reply."""
+        known = _OPS.get(request.type)
+        self.requests[conn.domid, str(request.type) if known is None else known.name] += 1
+        op = MessageType.INVALID if known is None else known
         try:
-            name = MessageType(request.type).name
-        except ValueError:
-            name = str(request.type)
-        self.requests[conn.domid, name] += 1
-        try:
-            payload = self._dispatch(conn, request)
+            payload = self._dispatch(conn, op, request)
         except Failure as failure:
             return Message(
                 MessageType.ERROR, request.req_id, request.tx_id, encode_error(failure.errno)
             )
         return Message(request.type, request.req_id, request.tx_id, payload)
 
-    def _dispatch(self, conn: Connection, request: Message) -> bytes:
-        try:
-            op = MessageType(request.type)
-        except ValueError:
-            op = MessageType.INVALID
+    def _dispatch(self, conn: Connection, op: MessageType, request: Message) -> bytes:
         if op in _PRIVILEGED_OPS and not conn.privileged:
             raise Failure(errno.EACCES)
         handler = self._handlers.get(op)

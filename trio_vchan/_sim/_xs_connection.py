@@ -25,7 +25,7 @@ import trio
 from .._errors import ProtocolError
 from .._xs_wire import Message, MessageDecoder, domain_path
 from ._xs_transactions import Transaction
-from ._xs_watches import Watches
+from ._xs_watches import Watches, WatchIndex
 
 #: Replies and events queued for a connection before it is considered stuck and dropped.
 OUTBOX_MAX: Final = 1024
@@ -37,12 +37,12 @@ _RECEIVE_SIZE: Final = 65536
 class Connection:
     """A client, as domain ``domid``: its outbox, watches and open transactions."""
 
-    def __init__(self, domid: int) -> None:
+    def __init__(self, domid: int, index: WatchIndex[Connection]) -> None:
         self.domid = domid
         self.privileged = domid == 0
         self.home = domain_path(domid)
         self.cancel_scope = trio.CancelScope()
-        self.watches = Watches(domid)
+        self.watches = Watches(domid, index, self)
         self.transactions: dict[int, Transaction] = {}
         self.next_tx_id = 1
         self._outbox, self._outbox_out = trio.open_memory_channel[bytes](OUTBOX_MAX)

@@ -10,7 +10,6 @@ Nothing here does I/O or knows about connections.
 from __future__ import annotations
 
 import collections
-import enum
 import errno
 from collections.abc import Callable
 from typing import Final, Protocol, final
@@ -26,17 +25,18 @@ Perms = tuple[Permission, ...]
 ROOT_PERMS: Final[Perms] = (Permission(Access.NONE, 0),)
 
 
-class Perm(enum.IntFlag):
-    """What a domain may do to a node."""
+@final
+class Perm:
+    """What a domain may do to a node: bits of an int (not an enum: checked on every request)."""
 
-    NONE = 0
-    READ = 1
-    WRITE = 2
-    OWNER = 4
-    ALL = READ | WRITE | OWNER
+    NONE: Final = 0
+    READ: Final = 1
+    WRITE: Final = 2
+    OWNER: Final = 4
+    ALL: Final = READ | WRITE | OWNER
 
 
-_ACCESS_FLAGS: Final = {
+_ACCESS_FLAGS: Final[dict[Access, int]] = {
     Access.NONE: Perm.NONE,
     Access.READ: Perm.READ,
     Access.WRITE: Perm.WRITE,
@@ -44,7 +44,7 @@ _ACCESS_FLAGS: Final = {
 }
 
 
-def perm_for(domid: int, perms: Perms) -> Perm:
+def perm_for(domid: int, perms: Perms) -> int:
     """What ``domid`` may do to a node with ``perms`` (C's ``perm_for_conn``)."""
     if domid == 0 or perms[0].domid == domid:
         return Perm.ALL
@@ -184,7 +184,7 @@ def emit(
     view.announce(Event(path, exact, tuple(perm_lists)))
 
 
-def check(view: View, domid: int, path: str, need: Perm) -> Node | None:
+def check(view: View, domid: int, path: str, need: int) -> Node | None:
     """Return the node at ``path`` if ``domid`` may ``need`` it, ``None`` if it is missing.
 
     As C's ``get_node_chk_perm``: a missing node reports ENOENT only to those with the same
