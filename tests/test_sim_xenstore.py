@@ -403,3 +403,38 @@ async def test_a_flood_of_unsolicited_watch_events_keeps_the_clients_memory_boun
     finally:
         process.kill()
         await process.wait()
+
+
+async def test_transactions_creating_siblings_at_once_all_commit(host: SimulatedHost) -> None:
+    """As servers advertising under one directory do; a listing still conflicts."""
+    backends = [host.backend(1) for _ in range(3)]
+    async with (
+        XenStoreClient(await backends[0].connect_xenstore()) as a,
+        XenStoreClient(await backends[1].connect_xenstore()) as b,
+        XenStoreClient(await backends[2].connect_xenstore()) as lister,
+    ):
+        await a.write("data/dir/old", b"")
+        ta, tb, tl = (
+            await a.transaction_start(),
+            await b.transaction_start(),
+            await lister.transaction_start(),
+        )
+        assert await lister.directory("data/dir", tx=tl) == ["old"]
+        await a.write("data/dir/x/ring-ref", b"1", tx=ta)
+        await b.write("data/dir/y/ring-ref", b"2", tx=tb)
+        await a.transaction_end(ta, commit=True)
+        await b.transaction_end(tb, commit=True)
+        assert sorted(await a.directory("data/dir")) == ["old", "x", "y"]
+        await lister.write("data/dir/z", b"", tx=tl)
+        with pytest.raises(XenStoreError, match="EAGAIN"):  # it listed what changed since
+            await lister.transaction_end(tl, commit=True)
+        # removing siblings at once, too
+        ta, tb = await a.transaction_start(), await b.transaction_start()
+        await a.rm("data/dir/x", tx=ta)
+        await b.rm("data/dir/y", tx=tb)
+        await a.transaction_end(ta, commit=True)
+        await b.transaction_end(tb, commit=True)
+        assert await a.directory("data/dir") == ["old"]
+        await a.rm("data/dir")
+    for backend in backends:
+        backend.close()

@@ -339,7 +339,7 @@ class XenStoreServer:
         node = check(view, request.conn.domid, path, Perm.WRITE)
         if node is None:
             # Already gone: fine if the parent exists (C xenstored's rule).
-            if view.get(parent_of(path)) is None:
+            if view.peek(parent_of(path)) is None:
                 raise Failure(errno.ENOENT)
             return encode_ok()
         if path == "/":

@@ -130,6 +130,19 @@ class View(Protocol):
 
     def get(self, path: str) -> Node | None: ...
 
+    def peek(self, path: str) -> Node | None:
+        """The node at ``path``, for its existence, value and permissions only: a change to
+        its children alone does not matter to the request (see :meth:`add_child`)."""
+        ...
+
+    def add_child(self, path: str, name: str) -> None:
+        """Add ``name`` to the children of the node at ``path`` (which exists)."""
+        ...
+
+    def remove_child(self, path: str, name: str) -> None:
+        """Remove ``name`` from the children of the node at ``path`` (which exists)."""
+        ...
+
     def put(self, path: str, node: Node) -> None: ...
 
     def delete(self, path: str) -> None: ...
@@ -154,6 +167,17 @@ class LiveView(View):
     def get(self, path: str) -> Node | None:
         return self._store.nodes.get(path)
 
+    peek = get
+
+    def add_child(self, path: str, name: str) -> None:
+        node = self._store.nodes[path]
+        self._store.set(path, attrs.evolve(node, children=(*node.children, name)))
+
+    def remove_child(self, path: str, name: str) -> None:
+        node = self._store.nodes[path]
+        children = tuple(c for c in node.children if c != name)
+        self._store.set(path, attrs.evolve(node, children=children))
+
     def put(self, path: str, node: Node) -> None:
         self._store.set(path, node)
 
@@ -176,7 +200,7 @@ def emit(
     permission change) the node as it was, see the event.
     """
     perm_lists = [node.perms]
-    parent = view.get(parent_of(path))
+    parent = view.peek(parent_of(path))
     if parent is not None:
         perm_lists.append(parent.perms)
     if old_perms is not None:
@@ -197,10 +221,10 @@ def check(view: View, domid: int, path: str, need: int) -> Node | None:
             return node
         raise Failure(errno.EACCES)
     ancestor = parent_of(path)
-    above = view.get(ancestor)
+    above = view.peek(ancestor)
     while above is None:  # ends at the root, which always exists
         ancestor = parent_of(ancestor)
-        above = view.get(ancestor)
+        above = view.peek(ancestor)
     if not perm_for(domid, above.perms) & need:
         raise Failure(errno.EACCES)
     return None
@@ -216,14 +240,14 @@ def create(view: View, path: str, value: bytes, perms: Perms | None = None, owne
         Failure: ``ENOSPC`` if ``owner`` would own more than :data:`NODES_PER_DOMAIN` nodes.
     """
     missing = [path]
-    parent = view.get(parent_of(path))
+    parent = view.peek(parent_of(path))
     while parent is None:  # ends at the root, which always exists
         missing.append(parent_of(missing[-1]))
-        parent = view.get(parent_of(missing[-1]))
+        parent = view.peek(parent_of(missing[-1]))
     if owner != 0 and view.owned_by(owner) + len(missing) > NODES_PER_DOMAIN:
         raise Failure(errno.ENOSPC)
     for name in reversed(missing):
-        view.put(parent_of(name), attrs.evolve(parent, children=(*parent.children, basename(name))))
+        view.add_child(parent_of(name), basename(name))
         inherited = parent.perms
         if owner != 0:
             inherited = (Permission(inherited[0].access, owner), *inherited[1:])
@@ -252,8 +276,5 @@ def remove_subtree(view: View, path: str) -> None:
         if node is not None:
             emit(view, current, node, exact=current != path)
             view.delete(current)
-    parent = view.get(parent_of(path))
-    if parent is not None:
-        name = basename(path)
-        children = tuple(c for c in parent.children if c != name)
-        view.put(parent_of(path), attrs.evolve(parent, children=children))
+    if view.peek(parent_of(path)) is not None:
+        view.remove_child(parent_of(path), basename(path))
