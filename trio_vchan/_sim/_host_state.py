@@ -29,7 +29,17 @@ import attrs
 
 from .._backend import PAGE_SIZE, check_domid
 from ._fds import close_quietly
-from ._proto import MAP_WRITABLE, MAX_PAGES, VERSION, Op, PortState, Reply, Request, ok
+from ._proto import (
+    MAP_WRITABLE,
+    MAX_PAGES,
+    NO_NOTIFY,
+    VERSION,
+    Op,
+    PortState,
+    Reply,
+    Request,
+    ok,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +81,11 @@ class _Port:
     state: PortState = PortState.UNBOUND
     peer: _Port | None = None
     closed: bool = False
+    #: Unmap-notifies that will fire this port: while there are any, closing it (or its
+    #: connection) only unbinds it from its owner, as Linux's gntalloc and gntdev hold a
+    #: reference on the port; it closes when the last of them has run or gone.
+    holds: int = 0
+    unbound: bool = False  # its owner closed it, its notifies still hold it
 
 
 @attrs.define(eq=False)
@@ -96,8 +111,8 @@ class _Grant:
 
 @attrs.define(eq=False)
 class _Notify:
-    file_offset: int
-    port: _Port
+    file_offset: int | None  # the byte to clear (None: none)
+    port: _Port | None  # the port to fire (None: none)
 
 
 @attrs.define(eq=False)
@@ -351,11 +366,22 @@ class PlatformState:
         return port
 
     def _close_port(self, port: _Port) -> None:
-        if port.closed:
+        if port.closed or port.unbound:
             return
+        del port.owner.ports[port.number]
+        if port.holds:
+            port.unbound = True  # closed by _drop_hold once its notifies have run
+            return
+        self._finish_close(port)
+
+    def _drop_hold(self, port: _Port) -> None:
+        port.holds -= 1
+        if port.unbound and not port.holds:
+            self._finish_close(port)
+
+    def _finish_close(self, port: _Port) -> None:
         port.closed = True
         del self.domains[port.domid].ports[port.number]
-        del port.owner.ports[port.number]
         peer = port.peer
         if peer is not None and not peer.closed:
             peer.state = PortState.PEER_CLOSED
@@ -461,29 +487,43 @@ class PlatformState:
         held = conn.handles.get(handle)
         if held is None:
             raise _RequestError(errno.EBADF, f"no share or mapping with handle {handle}")
-        if offset >= held.length:
+        if offset != NO_NOTIFY and offset >= held.length:
             raise _RequestError(
                 errno.EINVAL, f"offset {offset} is outside the {held.length}-byte region"
             )
-        if isinstance(held, _Map) and not held.writable:
-            raise _RequestError(errno.EINVAL, "an unmap-notify needs a writable mapping")
-        port = self.domains[conn.domid].ports.get(number)
-        if port is None:
-            raise _RequestError(errno.EINVAL, f"port {number} is not bound in domain {conn.domid}")
-        held.notify = _Notify(held.file_offset + offset, port)
+        if isinstance(held, _Map) and not held.writable and offset != NO_NOTIFY:
+            raise _RequestError(errno.EINVAL, "clearing a byte needs a writable mapping")
+        port = None
+        if number != NO_NOTIFY:
+            port = self.domains[conn.domid].ports.get(number)
+            if port is None or port.unbound:
+                raise _RequestError(
+                    errno.EINVAL, f"port {number} is not bound in domain {conn.domid}"
+                )
+        if held.notify is not None and held.notify.port is not None:
+            self._drop_hold(held.notify.port)
+        held.notify = None
+        if offset != NO_NOTIFY or port is not None:
+            byte = None if offset == NO_NOTIFY else held.file_offset + offset
+            held.notify = _Notify(byte, port)
+            if port is not None:
+                port.holds += 1
         return Result(ok())
 
     def _release(self, conn: PlatformConnection, handle: int) -> None:
         held = conn.handles.pop(handle)
-        if held.notify is not None:
-            # UNMAP_NOTIFY_CLEAR_BYTE | UNMAP_NOTIFY_SEND_EVENT
-            try:
-                os.pwrite(held.memory.fd, b"\0", held.notify.file_offset)
-            except OSError:
-                log.exception("cannot clear an unmap-notify byte")
-            port = held.notify.port
-            if not port.closed and port.peer is not None and not port.peer.closed:
-                _fire(port.notify_fd)
+        notify = held.notify
+        if notify is not None:
+            if notify.file_offset is not None:  # UNMAP_NOTIFY_CLEAR_BYTE
+                try:
+                    os.pwrite(held.memory.fd, b"\0", notify.file_offset)
+                except OSError:
+                    log.exception("cannot clear an unmap-notify byte")
+            port = notify.port
+            if port is not None:  # UNMAP_NOTIFY_SEND_EVENT
+                if port.peer is not None and not port.peer.closed:
+                    _fire(port.notify_fd)
+                self._drop_hold(port)
         domain = held.grants[0].table
         for grant in held.grants:
             if isinstance(held, _Map):

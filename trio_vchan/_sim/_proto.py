@@ -36,6 +36,9 @@ MESSAGE_MAX: Final = HEADER.size + 4 * MAX_PAGES
 FDS_MAX: Final = 2
 #: Bit 0 of GNT_MAP's arg1.
 MAP_WRITABLE: Final = 1
+#: GNT_SET_UNMAP_NOTIFY's offset or port for "no byte to clear" or "no event to send" (the
+#: -1 of libxengnttab's calls).
+NO_NOTIFY: Final = 0xFFFFFFFF
 
 
 class Op(enum.IntEnum):
