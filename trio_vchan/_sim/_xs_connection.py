@@ -45,7 +45,7 @@ class Connection:
         self.watches = Watches(domid, index, self)
         self.transactions: dict[int, Transaction] = {}
         self.next_tx_id = 1
-        self._outbox, self._outbox_out = trio.open_memory_channel[bytes](OUTBOX_MAX)
+        self._outbox: trio.MemorySendChannel[bytes] | None = None  # for other streams
         self._fd = -1  # the socket's, when serving one
         self._pending: collections.deque[bytes] = collections.deque()  # what it did not take
         self._reading: trio.CancelScope | None = None  # while waiting for a request
@@ -53,6 +53,8 @@ class Connection:
     def send(self, data: bytes) -> None:
         """Send ``data`` or queue it; drop the connection if it does not read what it is sent."""
         if self._fd < 0:
+            if self._outbox is None:
+                return  # not served (any more)
             try:
                 self._outbox.send_nowait(data)
             except trio.WouldBlock:
@@ -94,16 +96,19 @@ class Connection:
                     self._fd = stream.socket.fileno()
                     await self._serve_socket(handle)
                 else:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._send_loop, stream)
-                        await self._receive_loop(stream, handle)
-                        nursery.cancel_scope.cancel()
+                    self._outbox, outbox = trio.open_memory_channel[bytes](OUTBOX_MAX)
+                    with outbox:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._send_loop, stream, outbox)
+                            await self._receive_loop(stream, handle)
+                            nursery.cancel_scope.cancel()
         finally:
             self._fd = -1
             self._pending.clear()
             self.end()
-            self._outbox.close()
-            self._outbox_out.close()
+            if self._outbox is not None:
+                self._outbox.close()
+                self._outbox = None
             await trio.aclose_forcefully(stream)
 
     async def _serve_socket(self, handle: Callable[[Connection, Message], None]) -> None:
@@ -178,9 +183,11 @@ class Connection:
                     break
                 handle(self, request)
 
-    async def _send_loop(self, stream: trio.abc.Stream) -> None:
+    async def _send_loop(
+        self, stream: trio.abc.Stream, outbox: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
         try:
-            async for data in self._outbox_out:
+            async for data in outbox:
                 await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.cancel_scope.cancel()
