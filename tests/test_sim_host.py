@@ -626,3 +626,47 @@ async def test_a_port_an_unmap_notify_needs_stays_until_the_notify_has_run(
     channel.close()
     granting.close()
     peer.close()
+
+
+async def test_domains_have_names_in_xenstore_as_on_xen() -> None:
+    async with SimulatedHost(names={1: "web"}) as host:
+        dom0, dom1, dom2 = host.backend(0), host.backend(1), host.backend(2)
+        async with (
+            XenStoreClient(await dom0.connect_xenstore()) as xs0,
+            XenStoreClient(await dom1.connect_xenstore()) as xs1,
+            XenStoreClient(await dom2.connect_xenstore()) as xs2,
+        ):
+            assert await xs0.read("/local/domain/0/name") == b"Domain-0"
+            assert await xs1.read("name") == b"web"  # the domain reads its own...
+            with pytest.raises(XenStoreError, match="EACCES"):
+                await xs2.read("/local/domain/1/name")  # ...others may not, as on Xen
+            with pytest.raises(XenStoreError, match="ENOENT"):
+                await xs2.read("name")  # unnamed
+            async with xs0.watching("/local/domain/2/name") as changes:
+                host.name_domain(2, "db")
+                with trio.fail_after(TIMEOUT):
+                    await changes.wait()
+            assert await xs2.read("name") == b"db"
+            for domid, name, problem in (
+                (3, "db", "is domain 2's already"),
+                (3, "Domain-0", "is domain 0's already"),
+                (3, "007", "all digits"),
+                (3, "a b", "printable ASCII"),
+                (3, "", "1 to 64"),
+                (3, "x" * 65, "1 to 64"),
+            ):
+                with pytest.raises(ValueError, match=problem):
+                    host.name_domain(domid, name)
+            host.name_domain(2, "db")  # its own name again: fine
+        host.destroy_domain(1)
+        dom1.close()
+        again = host.backend(1)  # a new domain 1 has the name again
+        async with XenStoreClient(await again.connect_xenstore()) as xs1:
+            assert await xs1.read("name") == b"web"
+        for backend in (dom0, dom2, again):
+            backend.close()
+        with trio.fail_after(TIMEOUT):
+            await host.wait_idle()
+        assert host.leaks() == []
+    with pytest.raises(ValueError, match="is domain 1's already"):
+        SimulatedHost(names={1: "web", 2: "web"})

@@ -30,6 +30,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Final, final
 
@@ -103,12 +104,26 @@ class SimulatedHost:
         directory: where to put the sockets. By default a fresh private temporary directory;
             a given directory is created (mode 0700) if missing; an existing one must be
             empty, and keeps its mode.
+        names: names of domains, by domain id (see :meth:`name_domain`); dom0 is
+            ``"Domain-0"`` unless named here.
+
+    Raises:
+        TypeError, ValueError: a domain id or a name in ``names`` is not valid, or two
+            domains have the same name.
     """
 
     #: The hosts running in this process, by their directory's real path.
     _in_this_process: ClassVar[dict[str, SimulatedHost]] = {}
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        names: Mapping[int, str] | None = None,
+    ) -> None:
+        self._names: dict[int, str] = {0: DOM0_NAME}
+        for domid, name in (names or {}).items():
+            self._set_name(check_domid(domid), name)
         self._requested = None if directory is None else os.fspath(directory)
         self._directory: Path | None = None
         self._real_directory = ""  # the key of _in_this_process
@@ -244,11 +259,45 @@ class SimulatedHost:
         with self._platform.lock:
             self._platform.add_domain(domid)
         before = set(self._xenstore.paths())
-        self._xenstore.add_domain(domid)
+        name = self._names.get(domid)
+        if self._xenstore.has_domain(domid):  # dom0, which the store starts with
+            if name is not None:
+                self._xenstore.set_domain_name(domid, name)
+        else:
+            self._xenstore.add_domain(domid, name)
         self._xenstore_baseline |= set(self._xenstore.paths()) - before
         served = _ServedDomain(domid, xenstore, platform)
         self._domains[domid] = served
         self._nursery.start_soon(self._serve_domain, served)
+
+    def name_domain(self, domid: int, name: str) -> None:
+        """Give domain ``domid`` the name ``name``, as Xen's toolstack does (``xl rename``).
+
+        The name is written to ``/local/domain/<domid>/name`` (owned by dom0, readable by
+        the domain, as on Xen; only dom0 may read other domains' names), now if the domain
+        exists and whenever it is created again. Dom0 is ``"Domain-0"`` unless renamed.
+
+        A name is 1 to 64 printable ASCII characters without spaces or ``/``, not all digits
+        (so that it never reads as a domain id), and is not another domain's name.
+
+        Call it from the trio thread that runs the host (or before the host starts).
+
+        Raises:
+            TypeError, ValueError: ``domid`` or ``name`` is not valid, or another domain has
+                that name.
+        """
+        self._set_name(check_domid(domid), name)
+        if domid in self._domains:
+            assert self._xenstore is not None
+            self._xenstore.set_domain_name(domid, name)
+            self._xenstore_baseline.add(f"/local/domain/{domid}/name")
+
+    def _set_name(self, domid: int, name: str) -> None:
+        check_domain_name(name)
+        for other, taken in self._names.items():
+            if taken == name and other != domid:
+                raise ValueError(f"the domain name {name!r} is domain {other}'s already")
+        self._names[domid] = name
 
     def destroy_domain(self, domid: int) -> None:
         """Destroy domain ``domid`` now, as Xen's ``xl destroy`` does.
@@ -550,6 +599,33 @@ def _answer_message(data: bytes, ancdata: Ancillary, flags: int, answer: _Answer
         return None
 
 
+#: Xen's name for dom0.
+DOM0_NAME: Final = "Domain-0"
+_NAME_MAX: Final = 64
+
+
+def check_domain_name(name: object) -> str:
+    """Return ``name`` if it can name a domain of the simulated host.
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: it is empty or longer than 64 characters, has a character that is not
+            printable ASCII or is a space or ``/``, or is all digits.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a domain name is a str, not {type(name).__name__}")
+    if not 1 <= len(name) <= _NAME_MAX:
+        raise ValueError(f"a domain name has 1 to {_NAME_MAX} characters, not {len(name)}")
+    bad = [c for c in name if not ("!" <= c <= "~") or c == "/"]
+    if bad:
+        raise ValueError(
+            f"the domain name {name!r} has {bad[0]!r}: use printable ASCII without spaces or /"
+        )
+    if name.isdigit():
+        raise ValueError(f"the domain name {name!r} is all digits: it would read as a domain id")
+    return name
+
+
 def backend_from_environ(environ: Mapping[str, str] | None = None) -> Backend:
     """Join the simulated host named by ``TRIO_VCHAN_SIM`` as domain ``TRIO_VCHAN_DOMID``.
 
@@ -571,7 +647,7 @@ def backend_from_environ(environ: Mapping[str, str] | None = None) -> Backend:
 
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable
 
     from ._fds import Ancillary
 

@@ -87,6 +87,13 @@ _OPS: Final = {op.value: op for op in MessageType}
 _NO_TX_OPS: Final = frozenset({MessageType.WATCH, MessageType.UNWATCH})
 
 
+def _home_perms(domid: int) -> Perms:
+    """``/local/domain/<domid>`` and its toolstack keys: dom0's, readable by the domain."""
+    if domid == 0:
+        return ROOT_PERMS
+    return (Permission(Access.NONE, 0), Permission(Access.READ, domid))
+
+
 @attrs.define(eq=False)
 class Request:
     conn: Connection
@@ -138,12 +145,13 @@ class XenStoreServer:
 
     # -- the host's interface --------------------------------------------------------------------
 
-    def add_domain(self, domid: int) -> None:
+    def add_domain(self, domid: int, name: str | None = None) -> None:
         """Introduce ``domid`` as Xen's toolstack (libxl) does; a no-op if it is present.
 
         Creates ``/local/domain/<domid>`` owned by dom0 and readable by the domain (``n0``,
-        ``r<domid>``), its ``domid`` key (the same permissions), and ``data``, owned by the
-        domain (``n<domid>``) so that it may write there. Fires ``@introduceDomain``.
+        ``r<domid>``), its ``domid`` key and, given a ``name``, its ``name`` key (the same
+        permissions), and ``data``, owned by the domain (``n<domid>``) so that it may write
+        there. Fires ``@introduceDomain``.
 
         Raises:
             TypeError, ValueError: ``domid`` is not a valid domain id.
@@ -153,16 +161,39 @@ class XenStoreServer:
             return
         self._domains.add(domid)
         home = domain_path(domid)
-        dom_perms: Perms = (Permission(Access.NONE, 0), Permission(Access.READ, domid))
-        if domid == 0:
-            dom_perms = ROOT_PERMS
+        dom_perms = _home_perms(domid)
         for path, value, perms in (
             (home, b"", dom_perms),
             (f"{home}/domid", str(domid).encode(), dom_perms),
             (f"{home}/data", b"", (Permission(Access.NONE, domid),)),
         ):
             create(self._live, path, value, perms)
+        if name is not None:
+            self.set_domain_name(domid, name)
         self._fire(Event("@introduceDomain", False, (SPECIAL_PERMS,)))
+        self._flush()
+
+    def has_domain(self, domid: int) -> bool:
+        """Whether ``domid`` was added (and not removed)."""
+        return domid in self._domains
+
+    def set_domain_name(self, domid: int, name: str) -> None:
+        """Write ``name`` to ``/local/domain/<domid>/name`` (``n0 r<domid>``), as libxl does
+        when it creates or renames a domain; fires its watches.
+
+        Raises:
+            ValueError: ``domid`` was not added.
+        """
+        if domid not in self._domains:
+            raise ValueError(f"domain {domid!r} is not a domain of this store")
+        path = f"{domain_path(domid)}/name"
+        node = self._live.get(path)
+        if node is None:
+            node = create(self._live, path, name.encode(), _home_perms(domid))
+        else:
+            node = attrs.evolve(node, value=name.encode())
+            self._live.put(path, node)
+        emit(self._live, path, node)
         self._flush()
 
     def remove_domain(self, domid: int) -> None:
