@@ -1,4 +1,4 @@
-"""``trio-vchan sim``, run as ``python -m trio_vchan._sim_cli`` until ``__main__`` wires it in."""
+"""``trio-vchan sim``, run as ``python -m trio_vchan sim``."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import trio
 from sim_agent import agent
 from subprocess_paths import SAFE_PATH
 
-from trio_vchan._sim_cli import _host_pid
+from trio_vchan._cli._sim import _host_pid
 
 TIMEOUT = 60
-CLI = [sys.executable, *SAFE_PATH, "-m", "trio_vchan._sim_cli"]
+CLI = [sys.executable, *SAFE_PATH, "-m", "trio_vchan", "sim"]
 
 CHILD = """
 import os, sys
@@ -401,3 +401,52 @@ async def test_background_jobs_end_with_the_host() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+NAMES_CHILD = """
+import os, trio
+from trio_vchan.sim import ENV_DOMID, backend_from_environ
+from trio_vchan._xenstore import XenStoreClient
+backend_from_environ({**os.environ, ENV_DOMID: "3"}).close()  # domain 3 comes to be
+async def main():
+    backend = backend_from_environ()
+    async with XenStoreClient(await backend.connect_xenstore()) as xs:
+        for domid in (0, 3):
+            print((await xs.read(f"/local/domain/{domid}/name")).decode())
+    backend.close()
+trio.run(main)
+"""
+
+
+async def test_domains_are_named_with_name() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIO_VCHAN_")}
+    with trio.fail_after(TIMEOUT):
+        result = await trio.run_process(
+            [*CLI, "--name", "3=web", "--", sys.executable, *SAFE_PATH, "-c", NAMES_CHILD],
+            env=env,
+            capture_stdout=True,
+        )
+    assert result.stdout.decode().split() == ["Domain-0", "web"]
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["3"], "expected DOMID=NAME"),
+        (["3=12"], "all digits"),
+        (["3=a/b"], "printable ASCII without spaces or /"),
+        (["3="], "1 to 64 characters"),
+        (["x=web"], "decimal domain id"),
+        (["3=web", "4=web"], "'web' is domain 3's already"),
+        (["3=Domain-0"], "'Domain-0' is domain 0's already"),
+        (["3=a", "3=b"], "domain 3 is named twice"),
+    ],
+)
+async def test_bad_names_are_refused(names: list[str], message: str) -> None:
+    args = [arg for name in names for arg in ("--name", name)]
+    with trio.fail_after(TIMEOUT):
+        result = await trio.run_process(
+            [*CLI, *args, "--", "true"], check=False, capture_stderr=True
+        )
+    assert result.returncode == 2
+    assert message in result.stderr.decode()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import select
 import socket
 import struct
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,9 @@ import trio
 from sim_agent import AgentError, agent
 
 from trio_vchan import BackendUnavailableError, XenStoreError
-from trio_vchan._backend import PAGE_SIZE
+from trio_vchan._backend import PAGE_SIZE, ChannelStatus
+from trio_vchan._sim._fds import ANCILLARY_SPACE, received_fds
+from trio_vchan._sim._proto import NO_NOTIFY, Op
 from trio_vchan._xenstore import WatchEvent, XenStoreClient
 from trio_vchan.sim import ENV_DIR, ENV_DOMID, SimEventChannel, SimulatedHost, backend_from_environ
 
@@ -528,3 +532,141 @@ async def test_stopping_the_host_breaks_clients() -> None:
     assert exc_info.value.errno == errno.EPIPE
     share.close()
     backend.close()
+
+
+def test_sim_exports_only_documented_names() -> None:
+    from test_exports import documented_names
+
+    import trio_vchan.sim
+
+    assert sorted(trio_vchan.sim.__all__) == sorted(documented_names("trio_vchan.sim"))
+
+
+# -- unmap-notify details, over a raw platform connection -----------------------------------------
+
+
+class RawPlatform:
+    """A platform connection spoken by hand (as a program in another language would)."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+
+    async def call(self, op: int, *args: int) -> tuple[tuple[int, ...], list[int]]:
+        await self.sock.send(struct.pack("<4I", op, *(*args, 0, 0, 0)[:3]))
+        reply, ancdata, _, _ = await self.sock.recvmsg(65536, ANCILLARY_SPACE)
+        status, *values = struct.unpack_from("<4I", reply)
+        assert status == 0, reply[16:].decode()
+        return tuple(values), received_fds(ancdata)
+
+
+@asynccontextmanager
+async def raw_platform(host: SimulatedHost, domid: int) -> AsyncIterator[RawPlatform]:
+    host.add_domain(domid)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with sock:
+        await sock.connect(os.path.join(host.directory, "domains", str(domid), "platform"))
+        yield RawPlatform(sock)
+
+
+async def test_an_unmap_notify_may_only_clear_the_byte_or_only_send_the_event(
+    host: SimulatedHost,
+) -> None:
+    backend = host.backend(2)
+    async with raw_platform(host, 1) as raw:
+        (port, _, _), fds = await raw.call(Op.EVTCHN_BIND_UNBOUND, 2)
+        channel = backend.events.bind_interdomain(1, port)
+        for notify_offset, notify_port, cleared, fired in (
+            (NO_NOTIFY, port, False, True),
+            (10, NO_NOTIFY, True, False),
+            (NO_NOTIFY, NO_NOTIFY, False, False),  # none: as if never set
+        ):
+            (handle, _, _), (memfd,) = await raw.call(Op.GNT_SHARE, 2, 1)
+            page = mmap.mmap(memfd, PAGE_SIZE)
+            os.close(memfd)
+            page[:] = b"\xaa" * PAGE_SIZE
+            await raw.call(Op.GNT_SET_UNMAP_NOTIFY, handle, 10, port)  # replaced by:
+            await raw.call(Op.GNT_SET_UNMAP_NOTIFY, handle, notify_offset, notify_port)
+            channel.consume()
+            await raw.call(Op.GNT_RELEASE, handle)
+            expected = bytearray(b"\xaa" * PAGE_SIZE)
+            if cleared:
+                expected[10] = 0
+            assert page[:] == expected
+            assert readable(channel.fileno()) is fired
+            page.close()
+        await raw.call(Op.EVTCHN_CLOSE, port)
+        for fd in fds:
+            os.close(fd)
+    channel.close()
+    backend.close()
+
+
+async def test_a_port_an_unmap_notify_needs_stays_until_the_notify_has_run(
+    host: SimulatedHost,
+) -> None:
+    """As on Linux, where gntalloc holds the port: the peer sees the notify, then the close."""
+    granting, peer = host.backend(1), host.backend(2)
+    async with raw_platform(host, 1) as raw:  # the port on one connection of domain 1...
+        (port, _, _), fds = await raw.call(Op.EVTCHN_BIND_UNBOUND, 2)
+        channel = peer.events.bind_interdomain(1, port)
+        share = granting.memory.share(2, 1)  # ...the share and its notify on another
+        share.set_unmap_notify(0, port)
+        mapping = peer.memory.map(1, share.refs, writable=True)
+        mapping.buffer[0] = 1
+        await raw.call(Op.EVTCHN_CLOSE, port)  # the port's connection lets go of it first
+        for fd in fds:
+            os.close(fd)
+        assert not readable(channel.fileno())
+        assert channel.status() is ChannelStatus.CONNECTED
+        share.close()
+        assert mapping.buffer[0] == 0
+        assert readable(channel.fileno())  # the notify's event...
+        assert channel.status() is ChannelStatus.PEER_CLOSED  # ...and then the close
+        mapping.close()
+    channel.close()
+    granting.close()
+    peer.close()
+
+
+async def test_domains_have_names_in_xenstore_as_on_xen() -> None:
+    async with SimulatedHost(names={1: "web"}) as host:
+        dom0, dom1, dom2 = host.backend(0), host.backend(1), host.backend(2)
+        async with (
+            XenStoreClient(await dom0.connect_xenstore()) as xs0,
+            XenStoreClient(await dom1.connect_xenstore()) as xs1,
+            XenStoreClient(await dom2.connect_xenstore()) as xs2,
+        ):
+            assert await xs0.read("/local/domain/0/name") == b"Domain-0"
+            assert await xs1.read("name") == b"web"  # the domain reads its own...
+            with pytest.raises(XenStoreError, match="EACCES"):
+                await xs2.read("/local/domain/1/name")  # ...others may not, as on Xen
+            with pytest.raises(XenStoreError, match="ENOENT"):
+                await xs2.read("name")  # unnamed
+            async with xs0.watching("/local/domain/2/name") as changes:
+                host.name_domain(2, "db")
+                with trio.fail_after(TIMEOUT):
+                    await changes.wait()
+            assert await xs2.read("name") == b"db"
+            for domid, name, problem in (
+                (3, "db", "is domain 2's already"),
+                (3, "Domain-0", "is domain 0's already"),
+                (3, "007", "all digits"),
+                (3, "a b", "printable ASCII"),
+                (3, "", "1 to 64"),
+                (3, "x" * 65, "1 to 64"),
+            ):
+                with pytest.raises(ValueError, match=problem):
+                    host.name_domain(domid, name)
+            host.name_domain(2, "db")  # its own name again: fine
+        host.destroy_domain(1)
+        dom1.close()
+        again = host.backend(1)  # a new domain 1 has the name again
+        async with XenStoreClient(await again.connect_xenstore()) as xs1:
+            assert await xs1.read("name") == b"web"
+        for backend in (dom0, dom2, again):
+            backend.close()
+        with trio.fail_after(TIMEOUT):
+            await host.wait_idle()
+        assert host.leaks() == []
+    with pytest.raises(ValueError, match="is domain 1's already"):
+        SimulatedHost(names={1: "web", 2: "web"})

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_vchan._errors import ProtocolError, XenStoreError
-from trio_vchan._sim import _xenstored
+from trio_vchan._sim import _xs_connection, _xs_store
 from trio_vchan._sim._xenstored import XenStoreServer
 from trio_vchan._xenstore import EVENT_QUEUE_MAX, OUTSTANDING_MAX, WatchEvent, XenStoreClient
 from trio_vchan._xs_wire import (
@@ -340,7 +340,7 @@ async def test_value_and_node_quotas(
     await dom1.write("data/v", b"x" * 2048)
     with raises_errno(errno.ENOSPC):
         await dom1.write("data/v", b"x" * 2049)
-    monkeypatch.setattr(_xenstored, "NODES_PER_DOMAIN", 4)  # data, data/v, +2
+    monkeypatch.setattr(_xs_store, "NODES_PER_DOMAIN", 4)  # data, data/v, +2
     await dom1.write("data/n1", b"")
     with raises_errno(errno.ENOSPC):
         await dom1.write("data/n2/n3", b"")
@@ -655,7 +655,7 @@ async def test_stuck_reader_is_dropped(
     stuck = RawConnection(client_stream)
     await stuck.send(MessageType.WATCH, b"/spam\0t\0")
     writer = await connect(0)
-    for i in range(_xenstored.OUTBOX_MAX + 10):
+    for i in range(_xs_connection.OUTBOX_MAX + 10):
         await writer.write("/spam", str(i).encode())
     await trio.testing.wait_all_tasks_blocked()
     assert len(server._connections) == 1  # only the writer is left

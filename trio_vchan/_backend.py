@@ -7,6 +7,34 @@ way to reach XenStore. The simulated host (:mod:`trio_vchan._sim`) and real Xen
 Event-channel and grant calls are short system calls (or short requests to the simulated host),
 so they are synchronous; XenStore is reached through an async byte stream that
 :class:`trio_vchan._xenstore.XenStoreClient` speaks the wire protocol over.
+
+What every backend promises (the contract the handshake and the stream rely on):
+
+- **Event channels.** A port bound with ``bind_unbound`` waits for one domain to bind it with
+  ``bind_interdomain``; events sent before that are dropped. ``fileno()`` is readable while an
+  event is pending; events coalesce until ``consume()``, which never blocks and leaves the
+  port ready to fire again (an event after it makes ``fileno()`` readable again).
+  ``notify()`` never blocks and is a no-op once the peer closed. When one end closes, or its
+  process or domain dies, the other end is fired once; ``status()`` then says
+  ``PEER_CLOSED`` where the backend can tell (``UNKNOWN`` on Linux).
+- **Shares.** ``share`` gives fresh zeroed pages, one ref per page in page order, that the
+  grantee may map writable. ``Share.buffer`` is one writable view of all of them.
+- **Mappings.** ``map`` maps the refs in their order as one contiguous buffer, writable only
+  if asked; a ref that does not exist, or was granted to another domain, is an
+  :class:`OSError` and maps nothing.
+- **Unmap-notify.** ``set_unmap_notify(offset, port)`` (on a share, or a writable mapping)
+  makes the release of the pages, by ``close()`` or by the process dying, clear the byte at
+  ``offset`` and then send an event on the local ``port``; the port stays usable for that
+  event even if it is closed first. A later call replaces the earlier one.
+- **XenStore.** ``connect_xenstore()`` opens a new connection that acts as this domain.
+- **Closing.** ``close()`` of a channel, share or mapping is idempotent; afterwards a share's
+  or mapping's ``buffer`` raises :class:`ValueError`. A caller releases its views of a buffer
+  before closing it. Where this is not held to, the backends differ today: with views still
+  alive, the simulated host raises :class:`BufferError` and releases nothing, Linux gives the
+  grants up and leaves the memory mapped until the last view goes; and ``Backend.close()``
+  ends every share, mapping and port on the simulated host (its platform connection is the
+  process's devices), while on Linux those already handed out keep their device files open
+  until they are closed themselves.
 """
 
 from __future__ import annotations

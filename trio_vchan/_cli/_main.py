@@ -9,9 +9,8 @@ from typing import Any, Final
 
 import trio
 
-from .. import _sim_cli
 from .._version import __version__
-from . import _cat, _proxy, _socket_proxy
+from . import _cat, _proxy, _sim, _socket_proxy
 from ._status import ExitStatus, report
 
 PROG: Final = "trio-vchan"
@@ -40,7 +39,7 @@ Runner = Callable[[argparse.Namespace], Awaitable[int]]
 _SUBCOMMANDS: Final[dict[str, tuple[AddParser, Runner]]] = {
     "cat": (_cat.add_parser, _cat.run),
     "proxy": (_proxy.add_parser, _proxy.run),
-    "sim": (_sim_cli.add_parser, _sim_cli.run),
+    "sim": (_sim.add_parser, _sim.run),
 }
 
 

@@ -1,176 +1,57 @@
-"""The simulated Xen host: event channels, grant tables and XenStore for local processes.
+"""The simulated Xen host: its directory of sockets and the trio tasks that serve them.
 
 Theory of operation
 -------------------
 A host is a private directory of Unix sockets served by one trio task tree:
 
 - ``host``: the control socket (only HELLO, INTRODUCE_DOMAIN and DESTROY_DOMAIN);
-- ``domains/<N>/platform``: event channels and grants; a connection here *is* domain N;
+- ``domains/<N>/platform``: event channels and grants (:mod:`._host_state`); a connection
+  here *is* domain N;
 - ``domains/<N>/xenstore``: the XenStore wire protocol, served by :mod:`._xenstored`.
-
-All state lives in :class:`_Platform`, which is synchronous: a request is handled start to
-finish without awaiting, so no locks are needed between trio tasks (a lock still guards it
-against in-process backends used from worker threads). Grant pages are sealed memfds; event
-channel ends are eventfds. The host keeps its own copy of every fd it hands out, so it can
-clear unmap-notify bytes (with ``pwrite``) and fire ports (with ``eventfd_write``) after the
-client that held them is gone.
-
-A connection's resources are released when it closes: its shares and mappings first
-(performing their unmap-notifies, which may fire ports), then its ports. That is Linux's
-order too: gntalloc/gntdev hold a reference on the notify port.
 
 Each domain's sockets are served by one task (``_serve_domain``) whose cancel scope covers its
 accept loops and every connection they accepted, so destroying the domain ends them all. The
 platform and XenStore state of the domain is released synchronously first, so nothing a
 cancelled task could still do (it only ever reaches a closed connection) can be seen.
+
+The client side's calls block, so a backend in the host's own process would wait for the
+very trio loop it blocks: :meth:`SimulatedHost.backend` skips the socket and calls the state
+directly, and :func:`backend_from_environ` finds a host running in this process (each running
+host is listed by its directory in ``SimulatedHost._in_this_process``).
 """
 
 from __future__ import annotations
 
-import array
 import collections
 import contextlib
 import errno
-import fcntl
-import heapq
 import logging
 import os
 import shutil
 import socket
 import tempfile
-import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, ClassVar, Final, final
 
 import attrs
 import trio
 
 from .._backend import PAGE_SIZE, Backend, check_domid
-from ._platform import ENV_DIR, ENV_DOMID, domain_dir, hello, make_backend, register_local
-from ._proto import (
-    FDS_MAX,
-    MAP_WRITABLE,
-    MAX_PAGES,
-    MESSAGE_MAX,
-    VERSION,
-    Op,
-    PortState,
-    Reply,
-    Request,
-    ok,
-)
+from ._client import hello, join, make_backend, parse_environ
+from ._fds import ANCILLARY_SPACE, close_quietly, fds_ancillary, received_fds
+from ._host_state import PlatformConnection, PlatformState, Result
+from ._proto import ENV_DIR, ENV_DOMID, MESSAGE_MAX, VERSION, Op, Reply, Request, domain_dir, ok
+from ._xenstored import XenStoreServer
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._xenstored import XenStoreServer
-
 log = logging.getLogger(__name__)
 
-#: Xen keeps grant refs 0..7 for the toolstack; gntalloc hands out refs above them.
-FIRST_REF: Final = 8
-MAX_REFS_PER_DOMAIN: Final = 32768  # Xen's default: 64 grant frames of 512 v1 entries
-MAX_PORTS_PER_DOMAIN: Final = 4096  # the 2-level event-channel ABI's limit on 64-bit
-MAX_HANDLES_PER_CONNECTION: Final = 16384
 _SOCKET_PATH_MAX: Final = 107  # sizeof(sun_path) - 1
-
-
-class _RequestError(Exception):
-    """A request fails with ``errno`` and a message for the client."""
-
-    def __init__(self, errno_value: int, message: str) -> None:
-        super().__init__(message)
-        self.errno = errno_value
-        self.message = message
-
-
-@attrs.define(eq=False)
-class _Connection:
-    """One platform connection: what a process opened as domain ``domid``."""
-
-    domid: int
-    handles: dict[int, _Share | _Map] = attrs.field(factory=dict)
-    ports: dict[int, _Port] = attrs.field(factory=dict)
-    next_handle: int = 1
-    closed: bool = False
-
-
-@attrs.define(eq=False)
-class _Port:
-    domid: int
-    number: int
-    remote_domid: int
-    wait_fd: int  # the host's copy of this end's eventfd
-    notify_fd: int  # the host's copy of the other end's eventfd
-    owner: _Connection
-    state: PortState = PortState.UNBOUND
-    peer: _Port | None = None
-    closed: bool = False
-
-
-@attrs.define(eq=False)
-class _Memory:
-    """A sealed memfd: the pages of one GNT_SHARE."""
-
-    fd: int
-    pages: int
-    users: int = 0
-
-
-@attrs.define(eq=False)
-class _Grant:
-    domid: int
-    ref: int
-    grantee: int
-    memory: _Memory
-    page: int
-    table: _Domain  # the granting domain, even after it was destroyed
-    maps: int = 0
-    revoked: bool = False
-
-
-@attrs.define(eq=False)
-class _Notify:
-    file_offset: int
-    port: _Port
-
-
-@attrs.define(eq=False)
-class _Share:
-    grants: list[_Grant]
-    memory: _Memory
-    notify: _Notify | None = None
-
-    @property
-    def length(self) -> int:
-        return len(self.grants) * PAGE_SIZE
-
-    @property
-    def file_offset(self) -> int:
-        return 0
-
-
-@attrs.define(eq=False)
-class _Map:
-    grants: list[_Grant]
-    memory: _Memory
-    file_offset: int
-    writable: bool
-    notify: _Notify | None = None
-
-    @property
-    def length(self) -> int:
-        return len(self.grants) * PAGE_SIZE
-
-
-@attrs.define(eq=False)
-class _Domain:
-    domid: int
-    ports: dict[int, _Port] = attrs.field(factory=dict)
-    grants: dict[int, _Grant] = attrs.field(factory=dict)
-    free_refs: list[int] = attrs.field(factory=list)  # a heap of released refs
-    next_ref: int = FIRST_REF
-    destroyed: bool = False
+#: A connection whose requests are always there is served this many at a time.
+_REQUESTS_BETWEEN_CHECKPOINTS: Final = 16
 
 
 @attrs.define(eq=False)
@@ -183,393 +64,11 @@ class _ServedDomain:
     cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
 
 
-@attrs.frozen
-class _Result:
-    reply: Reply
-    fds: list[int] = attrs.field(factory=list)  # to send; the host keeps them open...
-    temporary: list[int] = attrs.field(factory=list)  # ...except these, closed once sent
-
-
-def _close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
-
-
-def _fire(fd: int) -> None:
-    with contextlib.suppress(OSError):  # a saturated counter: an event is pending anyway
-        os.eventfd_write(fd, 1)
-
-
-@final
-class _Platform:
-    """The host's event-channel and grant state, and the request handlers. Synchronous."""
-
-    def __init__(self) -> None:
-        self.domains: dict[int, _Domain] = {}
-        #: Destroyed domains whose grants other domains still map (Xen's zombie domains).
-        self.dying: list[_Domain] = []
-        self.connections: set[_Connection] = set()
-        self.lock = threading.RLock()
-
-    # -- lifetime ---------------------------------------------------------------------------------
-
-    def add_domain(self, domid: int) -> None:
-        self.domains.setdefault(domid, _Domain(domid))
-
-    def connect(self, domid: int) -> _Connection:
-        with self.lock:
-            conn = _Connection(domid)
-            if domid in self.domains:
-                self.connections.add(conn)
-            else:  # accepted just before the domain was destroyed: every request gets EPIPE
-                conn.closed = True
-            return conn
-
-    def disconnect(self, conn: _Connection) -> None:
-        """Release everything ``conn`` holds: shares and maps (with notifies), then ports."""
-        with self.lock:
-            if not conn.closed:
-                self._release_connections([conn])
-
-    def destroy_domain(self, domid: int) -> None:
-        """Close every connection of ``domid`` as if its processes died, then forget it.
-
-        Its grants that other domains still map stay (revoked) until they are unmapped.
-        """
-        with self.lock:
-            domain = self.domains[domid]
-            self._release_connections([c for c in self.connections if c.domid == domid])
-            assert not domain.ports, "every port belongs to a connection of its domain"
-            del self.domains[domid]
-            domain.destroyed = True
-            if domain.grants:
-                self.dying.append(domain)
-
-    def _release_connections(self, conns: list[_Connection]) -> None:
-        """Close ``conns``: all their shares and maps first (performing the unmap-notifies,
-        whose ports may belong to any of them), then all their ports."""
-        for conn in conns:
-            conn.closed = True
-            self.connections.discard(conn)
-        for conn in conns:
-            for handle in list(conn.handles):
-                self._release(conn, handle)
-        for conn in conns:
-            for port in list(conn.ports.values()):
-                self._close_port(port)
-
-    def close(self) -> None:
-        """Disconnect everyone (the host is stopping)."""
-        with self.lock:
-            for conn in list(self.connections):
-                self.disconnect(conn)
-
-    def leaks(self) -> list[str]:
-        with self.lock:
-            found: list[str] = []
-            for domain in [*self.domains.values(), *self.dying]:
-                for port in domain.ports.values():
-                    peer = f" to port {port.peer.number}" if port.peer else ""
-                    found.append(
-                        f"domain {domain.domid} port {port.number} ({port.state.name.lower()}, "
-                        f"for domain {port.remote_domid}{peer})"
-                    )
-                for grant in domain.grants.values():
-                    how = "revoked but mapped" if grant.revoked else "granted"
-                    whose = "destroyed domain" if domain.destroyed else "domain"
-                    found.append(
-                        f"{whose} {domain.domid} grant ref {grant.ref} ({how}, to domain "
-                        f"{grant.grantee}, mapped {grant.maps} times)"
-                    )
-            for conn in self.connections:
-                for handle, held in conn.handles.items():
-                    if isinstance(held, _Map):
-                        refs = [g.ref for g in held.grants]
-                        found.append(
-                            f"domain {conn.domid} mapping {handle} of domain "
-                            f"{held.grants[0].domid}'s refs {refs}"
-                        )
-            return found
-
-    # -- requests ---------------------------------------------------------------------------------
-
-    def handle(self, conn: _Connection, data: bytes) -> _Result:
-        """Answer one request from ``conn``; never raises for anything the client sent."""
-        with self.lock:
-            try:
-                request = Request.decode(data)
-            except ValueError as exc:
-                return _Result(Reply(errno.EINVAL, message=f"malformed request: {exc}"))
-            if conn.closed:
-                return _Result(Reply(errno.EPIPE, message="this connection was closed"))
-            try:
-                return self._dispatch(conn, request)
-            except _RequestError as exc:
-                return _Result(Reply(exc.errno, message=exc.message))
-
-    def _dispatch(self, conn: _Connection, request: Request) -> _Result:
-        a0, a1, a2 = request.args
-        op = request.op
-        if op != Op.GNT_MAP and request.words:
-            raise _RequestError(errno.EINVAL, f"request {op} takes no words after the header")
-        if op == Op.HELLO:
-            return _Result(ok((VERSION, conn.domid, PAGE_SIZE)))
-        if op == Op.EVTCHN_BIND_UNBOUND:
-            return self._bind_unbound(conn, _domid(a0))
-        if op == Op.EVTCHN_BIND_INTERDOMAIN:
-            return self._bind_interdomain(conn, _domid(a0), a1)
-        if op == Op.EVTCHN_CLOSE:
-            self._close_port(self._own_port(conn, a0))
-            return _Result(ok())
-        if op == Op.EVTCHN_STATUS:
-            port = self._own_port(conn, a0)
-            remote = port.peer.number if port.peer else 0
-            return _Result(ok((port.state, port.remote_domid, remote)))
-        if op == Op.GNT_SHARE:
-            return self._share(conn, _domid(a0), a1)
-        if op == Op.GNT_MAP:
-            if a1 & ~MAP_WRITABLE:
-                raise _RequestError(errno.EINVAL, f"unknown map flags {a1:#x}")
-            return self._map(conn, _domid(a0), request.words, writable=bool(a1 & MAP_WRITABLE))
-        if op == Op.GNT_SET_UNMAP_NOTIFY:
-            return self._set_unmap_notify(conn, a0, a1, a2)
-        if op == Op.GNT_RELEASE:
-            if a0 not in conn.handles:
-                raise _RequestError(errno.EBADF, f"no share or mapping with handle {a0}")
-            self._release(conn, a0)
-            return _Result(ok())
-        if op in (Op.INTRODUCE_DOMAIN, Op.DESTROY_DOMAIN):
-            raise _RequestError(errno.EPERM, f"{Op(op).name} is for the host socket only")
-        raise _RequestError(errno.ENOSYS, f"unknown request {op}")
-
-    # -- event channels ---------------------------------------------------------------------------
-
-    def _new_port(
-        self, conn: _Connection, remote_domid: int, wait_fd: int, notify_fd: int
-    ) -> _Port:
-        domain = self.domains[conn.domid]
-        number = next(n for n in range(1, MAX_PORTS_PER_DOMAIN + 2) if n not in domain.ports)
-        port = _Port(conn.domid, number, remote_domid, wait_fd, notify_fd, conn)
-        domain.ports[number] = port
-        conn.ports[number] = port
-        return port
-
-    def _check_port_space(self, conn: _Connection) -> None:
-        if len(self.domains[conn.domid].ports) >= MAX_PORTS_PER_DOMAIN:
-            raise _RequestError(errno.ENOSPC, f"domain {conn.domid} has no free port")
-
-    def _bind_unbound(self, conn: _Connection, remote_domid: int) -> _Result:
-        self._check_port_space(conn)
-        mine = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        try:
-            theirs = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        except BaseException:
-            os.close(mine)
-            raise
-        port = self._new_port(conn, remote_domid, mine, theirs)
-        return _Result(ok((port.number,)), [mine, theirs])
-
-    def _bind_interdomain(self, conn: _Connection, remote_domid: int, number: int) -> _Result:
-        remote = self._domain(remote_domid)
-        target = remote.ports.get(number)
-        if target is None:
-            raise _RequestError(errno.EINVAL, f"domain {remote_domid} has no port {number}")
-        if target.state is not PortState.UNBOUND or target.remote_domid != conn.domid:
-            raise _RequestError(
-                errno.EINVAL,
-                f"port {number} of domain {remote_domid} is not unbound for domain {conn.domid}",
-            )
-        self._check_port_space(conn)
-        wait_fd = os.dup(target.notify_fd)
-        try:
-            notify_fd = os.dup(target.wait_fd)
-        except BaseException:
-            os.close(wait_fd)
-            raise
-        # Notifies sent before anyone was bound here are dropped, as Xen drops them.
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(wait_fd)
-        port = self._new_port(conn, remote_domid, wait_fd, notify_fd)
-        port.peer, target.peer = target, port
-        port.state = target.state = PortState.CONNECTED
-        return _Result(ok((port.number,)), [wait_fd, notify_fd])
-
-    def _own_port(self, conn: _Connection, number: int) -> _Port:
-        port = conn.ports.get(number)
-        if port is None:
-            raise _RequestError(errno.EBADF, f"port {number} is not bound on this connection")
-        return port
-
-    def _close_port(self, port: _Port) -> None:
-        if port.closed:
-            return
-        port.closed = True
-        del self.domains[port.domid].ports[port.number]
-        del port.owner.ports[port.number]
-        peer = port.peer
-        if peer is not None and not peer.closed:
-            peer.state = PortState.PEER_CLOSED
-            _fire(peer.wait_fd)
-        port.peer = None
-        if peer is not None:
-            peer.peer = None
-        _close_quietly(port.wait_fd)
-        _close_quietly(port.notify_fd)
-
-    # -- grants -----------------------------------------------------------------------------------
-
-    def _domain(self, domid: int) -> _Domain:
-        domain = self.domains.get(domid)
-        if domain is None:
-            raise _RequestError(errno.ESRCH, f"there is no domain {domid} on this host")
-        return domain
-
-    def _add_handle(self, conn: _Connection, held: _Share | _Map) -> int:
-        if len(conn.handles) >= MAX_HANDLES_PER_CONNECTION:
-            raise _RequestError(errno.EMFILE, "too many shares and mappings on one connection")
-        handle = conn.next_handle
-        conn.next_handle = conn.next_handle % 0xFFFFFFFF + 1
-        while handle in conn.handles:  # only after 2**32 handles
-            handle = handle % 0xFFFFFFFF + 1
-        conn.handles[handle] = held
-        held.memory.users += 1
-        return handle
-
-    def _share(self, conn: _Connection, remote_domid: int, count: int) -> _Result:
-        if not 1 <= count <= MAX_PAGES:
-            raise _RequestError(errno.EINVAL, f"share 1..{MAX_PAGES} pages, not {count}")
-        if len(conn.handles) >= MAX_HANDLES_PER_CONNECTION:
-            raise _RequestError(errno.EMFILE, "too many shares and mappings on one connection")
-        domain = self.domains[conn.domid]
-        if len(domain.grants) + count > MAX_REFS_PER_DOMAIN:
-            raise _RequestError(errno.ENOSPC, f"domain {conn.domid}'s grant table is full")
-        fd = os.memfd_create("trio-vchan-grant", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
-            os.ftruncate(fd, count * PAGE_SIZE)
-            # Nobody may resize the pages: a shrunk memfd would SIGBUS every mapper.
-            fcntl.fcntl(
-                fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
-            )
-        except BaseException:
-            os.close(fd)
-            raise
-        memory = _Memory(fd, count)
-        grants = []
-        for page in range(count):
-            if domain.free_refs:
-                ref = heapq.heappop(domain.free_refs)
-            else:
-                ref = domain.next_ref
-                domain.next_ref += 1
-            grant = _Grant(conn.domid, ref, remote_domid, memory, page, domain)
-            domain.grants[ref] = grant
-            grants.append(grant)
-        handle = self._add_handle(conn, _Share(grants, memory))
-        return _Result(ok((handle, count), [g.ref for g in grants]), [fd])
-
-    def _map(
-        self, conn: _Connection, remote_domid: int, refs: tuple[int, ...], *, writable: bool
-    ) -> _Result:
-        if not 1 <= len(refs) <= MAX_PAGES:
-            raise _RequestError(errno.EINVAL, f"map 1..{MAX_PAGES} refs, not {len(refs)}")
-        remote = self._domain(remote_domid)
-        grants = []
-        for ref in refs:
-            grant = remote.grants.get(ref)
-            if grant is None or grant.revoked:
-                raise _RequestError(errno.ENOENT, f"domain {remote_domid} has no grant ref {ref}")
-            if grant.grantee != conn.domid:
-                raise _RequestError(
-                    errno.EACCES,
-                    f"grant ref {ref} of domain {remote_domid} was granted to domain "
-                    f"{grant.grantee}, not to domain {conn.domid}: a third domain is refused",
-                )
-            grants.append(grant)
-        first = grants[0]
-        if any(
-            g.memory is not first.memory or g.page != first.page + i for i, g in enumerate(grants)
-        ):
-            raise _RequestError(
-                errno.EINVAL,
-                f"refs {list(refs)} are not consecutive pages of one share: the simulated host "
-                "maps several refs together only if one GNT_SHARE granted them, in that order",
-            )
-        offset = first.page * PAGE_SIZE
-        held = _Map(grants, first.memory, offset, writable)
-        handle = self._add_handle(conn, held)
-        for grant in grants:
-            grant.maps += 1
-        if writable:
-            return _Result(ok((handle, offset, held.length)), [first.memory.fd])
-        # A read-only open of the memfd, so that the mapper cannot map it writable.
-        fd = os.open(f"/proc/self/fd/{first.memory.fd}", os.O_RDONLY | os.O_CLOEXEC)
-        return _Result(ok((handle, offset, held.length)), [fd], [fd])
-
-    def _set_unmap_notify(
-        self, conn: _Connection, handle: int, offset: int, number: int
-    ) -> _Result:
-        held = conn.handles.get(handle)
-        if held is None:
-            raise _RequestError(errno.EBADF, f"no share or mapping with handle {handle}")
-        if offset >= held.length:
-            raise _RequestError(
-                errno.EINVAL, f"offset {offset} is outside the {held.length}-byte region"
-            )
-        if isinstance(held, _Map) and not held.writable:
-            raise _RequestError(errno.EINVAL, "an unmap-notify needs a writable mapping")
-        port = self.domains[conn.domid].ports.get(number)
-        if port is None:
-            raise _RequestError(errno.EINVAL, f"port {number} is not bound in domain {conn.domid}")
-        held.notify = _Notify(held.file_offset + offset, port)
-        return _Result(ok())
-
-    def _release(self, conn: _Connection, handle: int) -> None:
-        held = conn.handles.pop(handle)
-        if held.notify is not None:
-            # UNMAP_NOTIFY_CLEAR_BYTE | UNMAP_NOTIFY_SEND_EVENT
-            try:
-                os.pwrite(held.memory.fd, b"\0", held.notify.file_offset)
-            except OSError:
-                log.exception("cannot clear an unmap-notify byte")
-            port = held.notify.port
-            if not port.closed and port.peer is not None and not port.peer.closed:
-                _fire(port.notify_fd)
-        domain = held.grants[0].table
-        for grant in held.grants:
-            if isinstance(held, _Map):
-                grant.maps -= 1
-            else:
-                grant.revoked = True
-            if grant.revoked and grant.maps == 0:
-                del domain.grants[grant.ref]
-                heapq.heappush(domain.free_refs, grant.ref)
-        if domain.destroyed and not domain.grants:
-            self.dying.remove(domain)
-        held.memory.users -= 1
-        if held.memory.users == 0:
-            _close_quietly(held.memory.fd)
-
-
-def _domid(value: int) -> int:
-    try:
-        return check_domid(value)
-    except ValueError as exc:
-        raise _RequestError(errno.EINVAL, str(exc)) from None
-
-
-def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds = array.array("i")
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    return list(fds)
-
-
 @final
 class _LocalTransport:
     """A platform connection for a backend in the host's own process: direct calls."""
 
-    def __init__(self, platform: _Platform, conn: _Connection) -> None:
+    def __init__(self, platform: PlatformState, conn: PlatformConnection) -> None:
         self._platform = platform
         self._conn = conn
 
@@ -580,12 +79,10 @@ class _LocalTransport:
             for fd in result.fds:
                 fds.append(os.dup(fd))
         except BaseException:
-            for fd in fds:
-                _close_quietly(fd)
+            close_quietly(fds)
             raise
         finally:
-            for fd in result.temporary:
-                _close_quietly(fd)
+            close_quietly(result.temporary)
         # Round-trip the reply through its wire form, as a socket would.
         return Reply.decode(result.reply.encode()), fds
 
@@ -607,13 +104,31 @@ class SimulatedHost:
         directory: where to put the sockets. By default a fresh private temporary directory;
             a given directory is created (mode 0700) if missing; an existing one must be
             empty, and keeps its mode.
+        names: names of domains, by domain id (see :meth:`name_domain`); dom0 is
+            ``"Domain-0"`` unless named here.
+
+    Raises:
+        TypeError, ValueError: a domain id or a name in ``names`` is not valid, or two
+            domains have the same name.
     """
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+    #: The hosts running in this process, by their directory's real path.
+    _in_this_process: ClassVar[dict[str, SimulatedHost]] = {}
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        names: Mapping[int, str] | None = None,
+    ) -> None:
+        self._names: dict[int, str] = {0: DOM0_NAME}
+        for domid, name in (names or {}).items():
+            self._set_name(check_domid(domid), name)
         self._requested = None if directory is None else os.fspath(directory)
         self._directory: Path | None = None
+        self._real_directory = ""  # the key of _in_this_process
         self._created_directory = False
-        self._platform = _Platform()
+        self._platform = PlatformState()
         self._xenstore: XenStoreServer | None = None
         self._xenstore_baseline: set[str] = set()
         self._domains: dict[int, _ServedDomain] = {}
@@ -622,7 +137,6 @@ class SimulatedHost:
         self._listeners: list[trio.socket.SocketType] = []
         self._served = 0
         self._idle = trio.lowlevel.ParkingLot()
-        self._local: list[Backend] = []
         self._stopped = False
 
     # -- lifetime ---------------------------------------------------------------------------------
@@ -630,8 +144,6 @@ class SimulatedHost:
     async def __aenter__(self) -> SimulatedHost:
         if self._directory is not None or self._stopped:
             raise RuntimeError("a SimulatedHost can be started only once")
-        from ._xenstored import XenStoreServer
-
         self._make_directory()
         try:
             self._xenstore = XenStoreServer()
@@ -640,8 +152,7 @@ class SimulatedHost:
             control = self._listen(self._path("host"), socket.SOCK_SEQPACKET)
             self._nursery.start_soon(self._accept_loop, control, self._serve_control, -1)
             self.add_domain(0)
-            assert self._directory is not None
-            register_local(str(self._directory), self.backend)
+            self._in_this_process[self._real_directory] = self
         except BaseException:
             await self._stop(None, None, None)
             raise
@@ -662,8 +173,8 @@ class SimulatedHost:
         tb: TracebackType | None,
     ) -> bool | None:
         self._stopped = True
-        if self._directory is not None:
-            register_local(str(self._directory), None)
+        if self._in_this_process.get(self._real_directory) is self:
+            del self._in_this_process[self._real_directory]
         try:
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
@@ -690,6 +201,7 @@ class SimulatedHost:
                     ) from None
                 # The caller's own directory keeps the mode the caller gave it.
             self._directory = path
+        self._real_directory = os.path.realpath(self._directory)
         # Every socket path must fit in sun_path; check the longest one now.
         longest = self._directory / "domains" / "32751" / "xenstore"
         if len(os.fsencode(longest)) > _SOCKET_PATH_MAX:
@@ -747,11 +259,45 @@ class SimulatedHost:
         with self._platform.lock:
             self._platform.add_domain(domid)
         before = set(self._xenstore.paths())
-        self._xenstore.add_domain(domid)
+        name = self._names.get(domid)
+        if self._xenstore.has_domain(domid):  # dom0, which the store starts with
+            if name is not None:
+                self._xenstore.set_domain_name(domid, name)
+        else:
+            self._xenstore.add_domain(domid, name)
         self._xenstore_baseline |= set(self._xenstore.paths()) - before
         served = _ServedDomain(domid, xenstore, platform)
         self._domains[domid] = served
         self._nursery.start_soon(self._serve_domain, served)
+
+    def name_domain(self, domid: int, name: str) -> None:
+        """Give domain ``domid`` the name ``name``, as Xen's toolstack does (``xl rename``).
+
+        The name is written to ``/local/domain/<domid>/name`` (owned by dom0, readable by
+        the domain, as on Xen; only dom0 may read other domains' names), now if the domain
+        exists and whenever it is created again. Dom0 is ``"Domain-0"`` unless renamed.
+
+        A name is 1 to 64 printable ASCII characters without spaces or ``/``, not all digits
+        (so that it never reads as a domain id), and is not another domain's name.
+
+        Call it from the trio thread that runs the host (or before the host starts).
+
+        Raises:
+            TypeError, ValueError: ``domid`` or ``name`` is not valid, or another domain has
+                that name.
+        """
+        self._set_name(check_domid(domid), name)
+        if domid in self._domains:
+            assert self._xenstore is not None
+            self._xenstore.set_domain_name(domid, name)
+            self._xenstore_baseline.add(f"/local/domain/{domid}/name")
+
+    def _set_name(self, domid: int, name: str) -> None:
+        check_domain_name(name)
+        for other, taken in self._names.items():
+            if taken == name and other != domid:
+                raise ValueError(f"the domain name {name!r} is domain {other}'s already")
+        self._names[domid] = name
 
     def destroy_domain(self, domid: int) -> None:
         """Destroy domain ``domid`` now, as Xen's ``xl destroy`` does.
@@ -968,13 +514,13 @@ class SimulatedHost:
     async def _serve_control(self, conn: trio.socket.SocketType, domid: int) -> None:
         await self._serve_requests(conn, self._control_request)
 
-    def _control_request(self, data: bytes) -> _Result:
+    def _control_request(self, data: bytes) -> Result:
         try:
             request = Request.decode(data)
         except ValueError as exc:
-            return _Result(Reply(errno.EINVAL, message=f"malformed request: {exc}"))
+            return Result(Reply(errno.EINVAL, message=f"malformed request: {exc}"))
         if request.op == Op.HELLO and not request.words:
-            return _Result(ok((VERSION, 0xFFFFFFFF, PAGE_SIZE)))
+            return Result(ok((VERSION, 0xFFFFFFFF, PAGE_SIZE)))
         domain_ops: dict[int, Callable[[int], None]] = {
             Op.INTRODUCE_DOMAIN: self.add_domain,
             Op.DESTROY_DOMAIN: self.destroy_domain,
@@ -983,11 +529,11 @@ class SimulatedHost:
             try:
                 domain_ops[request.op](check_domid(request.args[0]))
             except ValueError as exc:
-                return _Result(Reply(errno.EINVAL, message=str(exc)))
+                return Result(Reply(errno.EINVAL, message=str(exc)))
             except OSError as exc:
-                return _Result(Reply(exc.errno or errno.EIO, message=exc.strerror or str(exc)))
-            return _Result(ok())
-        return _Result(
+                return Result(Reply(exc.errno or errno.EIO, message=exc.strerror or str(exc)))
+            return Result(ok())
+        return Result(
             Reply(
                 errno.ENOSYS,
                 message="the host socket takes HELLO, INTRODUCE_DOMAIN and DESTROY_DOMAIN",
@@ -995,37 +541,115 @@ class SimulatedHost:
         )
 
     async def _serve_requests(self, conn: trio.socket.SocketType, answer: _Answer) -> None:
-        ancillary = socket.CMSG_SPACE(FDS_MAX * array.array("i").itemsize)
-        while True:
-            try:
-                data, ancdata, flags, _ = await conn.recvmsg(MESSAGE_MAX, ancillary)
-            except OSError:
-                return
-            for fd in _received_fds(ancdata):  # clients send no fds; don't keep any
-                _close_quietly(fd)
-            if not data:
-                return  # end of file (or a forbidden empty message)
-            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                result = _Result(Reply(errno.EMSGSIZE, message="request too long"))
-            else:
+        """Answer ``conn``'s requests until it hangs up.
+
+        On the plain socket, with trio only to wait: a reply almost always fits the socket's
+        buffer at once, and a request is usually waited for once, so each round trip costs one
+        pass of the scheduler, not the three of trio's socket methods.
+        """
+        with socket.socket(fileno=conn.detach()) as sock:
+            unwaited = 0  # requests answered since this task last let others run
+            while True:
                 try:
-                    result = answer(data)
-                except Exception:
-                    log.exception("internal error answering a request; dropping the client")
+                    data, ancdata, flags, _ = sock.recvmsg(MESSAGE_MAX, ANCILLARY_SPACE)
+                except BlockingIOError:
+                    unwaited = 0
+                    await trio.lowlevel.wait_readable(sock)
+                    continue
+                except OSError:
                     return
-            try:
-                fds = array.array("i", result.fds)
-                ancdata_out = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())] if fds else []
-                await conn.sendmsg([result.reply.encode()], ancdata_out)
-            except OSError:
-                return
-            finally:
-                for fd in result.temporary:
-                    _close_quietly(fd)
+                result = _answer_message(data, ancdata, flags, answer)
+                if result is None:
+                    return
+                try:
+                    await _send_reply(sock, result)
+                except OSError:
+                    return
+                finally:
+                    close_quietly(result.temporary)
+                unwaited += 1
+                if unwaited == _REQUESTS_BETWEEN_CHECKPOINTS:  # a client that never waits
+                    unwaited = 0  # must not keep the others from being served
+                    await trio.lowlevel.checkpoint()
+
+
+async def _send_reply(sock: socket.socket, result: Result) -> None:
+    message, ancillary = [result.reply.encode()], fds_ancillary(result.fds)
+    while True:
+        try:
+            sock.sendmsg(message, ancillary)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
+
+
+def _answer_message(data: bytes, ancdata: Ancillary, flags: int, answer: _Answer) -> Result | None:
+    """The reply to one received message; None ends the connection."""
+    close_quietly(received_fds(ancdata))  # clients send no fds; don't keep any
+    if not data:
+        return None  # end of file (or a forbidden empty message)
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        return Result(Reply(errno.EMSGSIZE, message="request too long"))
+    try:
+        return answer(data)
+    except Exception:
+        log.exception("internal error answering a request; dropping the client")
+        return None
+
+
+#: Xen's name for dom0.
+DOM0_NAME: Final = "Domain-0"
+_NAME_MAX: Final = 64
+
+
+def check_domain_name(name: object) -> str:
+    """Return ``name`` if it can name a domain of the simulated host.
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: it is empty or longer than 64 characters, has a character that is not
+            printable ASCII or is a space or ``/``, or is all digits.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a domain name is a str, not {type(name).__name__}")
+    if not 1 <= len(name) <= _NAME_MAX:
+        raise ValueError(f"a domain name has 1 to {_NAME_MAX} characters, not {len(name)}")
+    bad = [c for c in name if not ("!" <= c <= "~") or c == "/"]
+    if bad:
+        raise ValueError(
+            f"the domain name {name!r} has {bad[0]!r}: use printable ASCII without spaces or /"
+        )
+    if name.isdigit():
+        raise ValueError(f"the domain name {name!r} is all digits: it would read as a domain id")
+    return name
+
+
+def backend_from_environ(environ: Mapping[str, str] | None = None) -> Backend:
+    """Join the simulated host named by ``TRIO_VCHAN_SIM`` as domain ``TRIO_VCHAN_DOMID``.
+
+    The domain is created if the host does not have it yet. In the process that runs the host
+    (call it from the host's trio thread then), this is :meth:`SimulatedHost.backend`.
+
+    Args:
+        environ: the environment to read (default :data:`os.environ`).
+
+    Raises:
+        BackendUnavailableError: a variable is unset or the directory is not a running host.
+        ValueError: ``TRIO_VCHAN_DOMID`` is not a valid domain id.
+    """
+    directory, domid = parse_environ(os.environ if environ is None else environ)
+    host = SimulatedHost._in_this_process.get(os.path.realpath(directory))
+    if host is not None:
+        return host.backend(domid)
+    return join(directory, domid)
 
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from ._fds import Ancillary
+
     _Server = Callable[[trio.socket.SocketType, int], Awaitable[None]]
-    _Answer = Callable[[bytes], _Result]
+    _Answer = Callable[[bytes], Result]

@@ -1,4 +1,5 @@
-"""The simulated host's platform protocol: constants and message encoding, no I/O.
+"""The simulated host's platform protocol: constants, message encoding and the layout of the
+host's directory; no I/O.
 
 Every request and every reply is one ``SOCK_SEQPACKET`` message, little-endian::
 
@@ -14,11 +15,17 @@ reference; this module and that page must agree.
 from __future__ import annotations
 
 import enum
+import os
 import struct
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 
 import attrs
+
+#: The environment that names a host's directory and the domain a process joins as.
+ENV_DIR: Final = "TRIO_VCHAN_SIM"
+ENV_DOMID: Final = "TRIO_VCHAN_DOMID"
 
 VERSION: Final = 1
 HEADER: Final = struct.Struct("<4I")
@@ -29,6 +36,9 @@ MESSAGE_MAX: Final = HEADER.size + 4 * MAX_PAGES
 FDS_MAX: Final = 2
 #: Bit 0 of GNT_MAP's arg1.
 MAP_WRITABLE: Final = 1
+#: GNT_SET_UNMAP_NOTIFY's offset or port for "no byte to clear" or "no event to send" (the
+#: -1 of libxengnttab's calls).
+NO_NOTIFY: Final = 0xFFFFFFFF
 
 
 class Op(enum.IntEnum):
@@ -119,3 +129,8 @@ def ok(values: Sequence[int] = (), words: Sequence[int] = ()) -> Reply:
     """A success reply with up to three values and a word list."""
     padded = (*values, 0, 0, 0)[:3]
     return Reply(0, (padded[0], padded[1], padded[2]), tuple(words))
+
+
+def domain_dir(directory: str | os.PathLike[str], domid: int) -> Path:
+    """Return ``<directory>/domains/<domid>``, which holds the domain's two sockets."""
+    return Path(directory) / "domains" / str(domid)

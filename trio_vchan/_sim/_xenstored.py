@@ -1,22 +1,9 @@
-"""An in-memory XenStore that speaks the real wire protocol, for the simulated host.
+"""The simulated XenStore: the operations of the wire protocol, and the host's interface.
 
-Theory of operation
--------------------
-The store is a dict from absolute path to an immutable :class:`_Node` (value, permissions,
-children in creation order, generation). Every request is handled synchronously, start to
-finish, between two awaits, so no locking is needed: trio runs one task at a time.
-
-Each connection has a reader (:meth:`XenStoreServer._receive_loop`) that decodes requests and
-handles them, and a writer (``_send_loop``) that drains a bounded outbox. Replies and watch
-events, including events for *other* connections, go through the outboxes, so a request never
-waits on a slow peer; a peer that lets its outbox fill up is disconnected (as C xenstored
-drops a connection whose output quota is exhausted).
-
-A transaction works on a shallow copy of the node dict taken when it starts. It remembers the
-generation every node it touched had at that time; the commit fails with ``EAGAIN`` if any of
-them changed since, and otherwise copies the nodes it modified into the store and fires the
-watch events it queued. This is stricter than C xenstored (which only checks nodes it read),
-but the same for every client that retries on ``EAGAIN``.
+Every request is handled synchronously, start to finish, between two awaits, so no locking is
+needed: trio runs one task at a time. The parts: the tree and its permissions
+(:mod:`._xs_store`), transactions (:mod:`._xs_transactions`), watches (:mod:`._xs_watches`)
+and a client's connection (:mod:`._xs_connection`).
 
 Behaviours follow C xenstored (``tools/xenstored/core.c``, ``watch.c``, ``transaction.c``) as
 read for this module; differences are listed in ``docs/sim-xenstore.md``.
@@ -25,8 +12,8 @@ read for this module; differences are listed in ``docs/sim-xenstore.md``.
 from __future__ import annotations
 
 import collections
-import enum
 import errno
+import logging
 from collections.abc import Callable
 from typing import Final, final
 
@@ -34,12 +21,10 @@ import attrs
 import trio
 
 from .._backend import check_domid
-from .._errors import ProtocolError
 from .._xs_wire import (
     PAYLOAD_MAX,
     Access,
     Message,
-    MessageDecoder,
     MessageType,
     Permission,
     count_strings,
@@ -52,20 +37,35 @@ from .._xs_wire import (
     split_strings,
     validate_path,
 )
+from ._xs_connection import Connection
+from ._xs_store import (
+    ROOT_PERMS,
+    Event,
+    Failure,
+    LiveView,
+    Perm,
+    Perms,
+    Store,
+    View,
+    check,
+    create,
+    emit,
+    parent_of,
+    remove_subtree,
+)
+from ._xs_transactions import TRANSACTIONS_PER_CONNECTION, Transaction
+from ._xs_watches import SPECIAL_PERMS, WATCHES_PER_CONNECTION, WatchIndex
 
-#: Quotas for unprivileged domains, as C xenstored's defaults.
-NODES_PER_DOMAIN: Final = 1000
-WATCHES_PER_CONNECTION: Final = 128
-TRANSACTIONS_PER_CONNECTION: Final = 10
+#: Limits for unprivileged domains, as C xenstored's defaults.
 PERMS_PER_NODE: Final = 5
 VALUE_MAX: Final = 2048
-#: Replies and events queued for a connection before it is considered stuck and dropped.
-OUTBOX_MAX: Final = 1024
+#: Connections an unprivileged domain may have open at once. C xenstored has no such quota,
+#: as a domain has one ring; here every process of a domain opens sockets of its own, and
+#: Xen's libxenvchan opens one per vchan it sets up: 256 is well above what a process setting
+#: up 100 vchans at once needs, and bounds the fds and tasks one domain can make the host hold.
+CONNECTIONS_PER_DOMAIN: Final = 256
 
-_RECEIVE_SIZE: Final = 65536
-_ROOT_PERMS: Final = (Permission(Access.NONE, 0),)
-#: Who may see @introduceDomain/@releaseDomain events (C's default for special nodes).
-_SPECIAL_PERMS: Final = (Permission(Access.NONE, 0),)
+log = logging.getLogger(__name__)
 
 # Operations only dom0 may use; answered ENOSYS for dom0 unless implemented.
 _PRIVILEGED_OPS: Final = frozenset(
@@ -81,185 +81,24 @@ _PRIVILEGED_OPS: Final = frozenset(
         MessageType.SET_QUOTA,
     }
 )
+# Each type code's MessageType (a dict: MessageType(code) is slow).
+_OPS: Final = {op.value: op for op in MessageType}
 # Operations that ignore the header's tx_id.
 _NO_TX_OPS: Final = frozenset({MessageType.WATCH, MessageType.UNWATCH})
 
 
-class _Perm(enum.IntFlag):
-    NONE = 0
-    READ = 1
-    WRITE = 2
-    OWNER = 4
-    ALL = READ | WRITE | OWNER
-
-
-_ACCESS_FLAGS: Final = {
-    Access.NONE: _Perm.NONE,
-    Access.READ: _Perm.READ,
-    Access.WRITE: _Perm.WRITE,
-    Access.BOTH: _Perm.READ | _Perm.WRITE,
-}
-
-_Perms = tuple[Permission, ...]
-
-
-def _perm_for(domid: int, perms: _Perms) -> _Perm:
-    """What ``domid`` may do to a node with ``perms`` (C's ``perm_for_conn``)."""
-    if domid == 0 or perms[0].domid == domid:
-        return _Perm.ALL
-    for p in perms[1:]:
-        if p.domid == domid:
-            return _ACCESS_FLAGS[p.access]
-    return _ACCESS_FLAGS[perms[0].access]
-
-
-def _parent(path: str) -> str:
-    return path.rsplit("/", 1)[0] or "/"
-
-
-def _basename(path: str) -> str:
-    return path.rsplit("/", 1)[1]
-
-
-def _child(path: str, name: str) -> str:
-    return f"/{name}" if path == "/" else f"{path}/{name}"
-
-
-def _is_below(path: str, top: str) -> bool:
-    """Whether ``path`` is ``top`` or inside it."""
-    if top == "/":
-        return path.startswith("/")
-    return path == top or path.startswith(top + "/")
-
-
-@attrs.frozen
-class _Node:
-    value: bytes
-    perms: _Perms
-    children: tuple[str, ...] = ()
-    generation: int = 0
-
-
-@attrs.frozen
-class _Event:
-    """A change to announce: who may see it is decided per watcher when it fires."""
-
-    path: str
-    exact: bool  # only watches on exactly this path (for nodes removed below an RM's root)
-    perm_lists: tuple[_Perms, ...]  # a watcher that may read under any of these sees it
+def _home_perms(domid: int) -> Perms:
+    """``/local/domain/<domid>`` and its toolstack keys: dom0's, readable by the domain."""
+    if domid == 0:
+        return ROOT_PERMS
+    return (Permission(Access.NONE, 0), Permission(Access.READ, domid))
 
 
 @attrs.define(eq=False)
-class _Watch:
-    path: str  # absolute or special
-    token: bytes
-    prefix_len: int  # stripped from event paths of relative watches
-
-
-@attrs.define(eq=False)
-class _Transaction:
-    id: int
-    nodes: dict[str, _Node]
-    seen: dict[str, int | None] = attrs.Factory(dict)  # generation at start, None: absent
-    modified: set[str] = attrs.Factory(set)
-    events: list[_Event] = attrs.Factory(list)
-
-
-@attrs.define(eq=False)
-class _Connection:
-    domid: int
-    outbox: trio.MemorySendChannel[bytes]
-    cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    watches: list[_Watch] = attrs.Factory(list)
-    transactions: dict[int, _Transaction] = attrs.Factory(dict)
-    next_tx_id: int = 1
-
-    @property
-    def privileged(self) -> bool:
-        return self.domid == 0
-
-    @property
-    def home(self) -> str:
-        return domain_path(self.domid)
-
-    def send(self, data: bytes) -> None:
-        try:
-            self.outbox.send_nowait(data)
-        except trio.WouldBlock:
-            self.cancel_scope.cancel()  # not reading what we send: drop it
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # already going away
-
-
-class _Failure(Exception):
-    """Ends a request with an ERROR reply."""
-
-    def __init__(self, value: int) -> None:
-        super().__init__(value)
-        self.errno = value
-
-
-@attrs.define(eq=False)
-class _Request:
-    conn: _Connection
-    tx: _Transaction | None
+class Request:
+    conn: Connection
+    tx: Transaction | None
     payload: bytes
-
-
-@final
-class _View:
-    """The store as one request sees it: the global nodes, or a transaction's copy."""
-
-    def __init__(self, server: XenStoreServer, tx: _Transaction | None) -> None:
-        self._server = server
-        self._tx = tx
-        self._nodes = tx.nodes if tx is not None else server._nodes
-
-    def _note(self, path: str) -> None:
-        if self._tx is not None and path not in self._tx.seen:
-            node = self._tx.nodes.get(path)
-            self._tx.seen[path] = None if node is None else node.generation
-
-    def get(self, path: str) -> _Node | None:
-        self._note(path)
-        return self._nodes.get(path)
-
-    def put(self, path: str, node: _Node) -> None:
-        self._note(path)
-        if self._tx is None:
-            node = attrs.evolve(node, generation=self._server._next_generation())
-        else:
-            self._tx.modified.add(path)
-        self._nodes[path] = node
-
-    def delete(self, path: str) -> None:
-        self._note(path)
-        if self._tx is not None:
-            self._tx.modified.add(path)
-        del self._nodes[path]
-
-    def owned_by(self, domid: int) -> int:
-        return sum(1 for node in self._nodes.values() if node.perms[0].domid == domid)
-
-    def emit(
-        self, path: str, node: _Node, *, exact: bool = False, old_perms: _Perms | None = None
-    ) -> None:
-        """Announce a change to ``node`` at ``path``, now or when the transaction commits.
-
-        As C's ``watch_permitted``: watchers that may read the node, its parent, or (for a
-        permission change) the node as it was, see the event.
-        """
-        perm_lists = [node.perms]
-        parent = self._nodes.get(_parent(path))
-        if parent is not None:
-            perm_lists.append(parent.perms)
-        if old_perms is not None:
-            perm_lists.append(old_perms)
-        event = _Event(path, exact, tuple(perm_lists))
-        if self._tx is not None:
-            self._tx.events.append(event)
-        else:
-            self._server._fire(event)
 
 
 @final
@@ -277,12 +116,15 @@ class XenStoreServer:
 
     def __init__(self) -> None:
         self.requests: collections.Counter[tuple[int, str]] = collections.Counter()
-        self._generation = 0
-        self._nodes: dict[str, _Node] = {"/": _Node(b"", _ROOT_PERMS)}
+        self._store = Store()
+        self._live = LiveView(self._store, self._fire)
         self._domains: set[int] = set()
-        self._connections: list[_Connection] = []
-        self._outgoing: list[tuple[_Connection, bytes]] = []
-        self._handlers: dict[MessageType, Callable[[_Request], bytes]] = {
+        self._connections: list[Connection] = []
+        self._watch_index: WatchIndex[Connection] = WatchIndex()
+        self._connected: collections.Counter[int] = collections.Counter()  # by domid
+        self._refusing: set[int] = set()  # domains at the connection limit, warned of it
+        self._outgoing: list[tuple[Connection, bytes]] = []
+        self._handlers: dict[MessageType, Callable[[Request], bytes]] = {
             MessageType.READ: self._read,
             MessageType.WRITE: self._write,
             MessageType.MKDIR: self._mkdir,
@@ -303,12 +145,13 @@ class XenStoreServer:
 
     # -- the host's interface --------------------------------------------------------------------
 
-    def add_domain(self, domid: int) -> None:
+    def add_domain(self, domid: int, name: str | None = None) -> None:
         """Introduce ``domid`` as Xen's toolstack (libxl) does; a no-op if it is present.
 
         Creates ``/local/domain/<domid>`` owned by dom0 and readable by the domain (``n0``,
-        ``r<domid>``), its ``domid`` key (the same permissions), and ``data``, owned by the
-        domain (``n<domid>``) so that it may write there. Fires ``@introduceDomain``.
+        ``r<domid>``), its ``domid`` key and, given a ``name``, its ``name`` key (the same
+        permissions), and ``data``, owned by the domain (``n<domid>``) so that it may write
+        there. Fires ``@introduceDomain``.
 
         Raises:
             TypeError, ValueError: ``domid`` is not a valid domain id.
@@ -317,18 +160,40 @@ class XenStoreServer:
         if domid in self._domains:
             return
         self._domains.add(domid)
-        view = _View(self, None)
         home = domain_path(domid)
-        dom_perms: _Perms = (Permission(Access.NONE, 0), Permission(Access.READ, domid))
-        if domid == 0:
-            dom_perms = _ROOT_PERMS
+        dom_perms = _home_perms(domid)
         for path, value, perms in (
             (home, b"", dom_perms),
             (f"{home}/domid", str(domid).encode(), dom_perms),
             (f"{home}/data", b"", (Permission(Access.NONE, domid),)),
         ):
-            self._create(view, path, value, perms)
-        self._fire(_Event("@introduceDomain", False, (_SPECIAL_PERMS,)))
+            create(self._live, path, value, perms)
+        if name is not None:
+            self.set_domain_name(domid, name)
+        self._fire(Event("@introduceDomain", False, (SPECIAL_PERMS,)))
+        self._flush()
+
+    def has_domain(self, domid: int) -> bool:
+        """Whether ``domid`` was added (and not removed)."""
+        return domid in self._domains
+
+    def set_domain_name(self, domid: int, name: str) -> None:
+        """Write ``name`` to ``/local/domain/<domid>/name`` (``n0 r<domid>``), as libxl does
+        when it creates or renames a domain; fires its watches.
+
+        Raises:
+            ValueError: ``domid`` was not added.
+        """
+        if domid not in self._domains:
+            raise ValueError(f"domain {domid!r} is not a domain of this store")
+        path = f"{domain_path(domid)}/name"
+        node = self._live.get(path)
+        if node is None:
+            node = create(self._live, path, name.encode(), _home_perms(domid))
+        else:
+            node = attrs.evolve(node, value=name.encode())
+            self._live.put(path, node)
+        emit(self._live, path, node)
         self._flush()
 
     def remove_domain(self, domid: int) -> None:
@@ -340,11 +205,10 @@ class XenStoreServer:
         if domid == 0 or domid not in self._domains:
             raise ValueError(f"domain {domid!r} is not a removable domain of this store")
         self._domains.discard(domid)
-        view = _View(self, None)
         home = domain_path(domid)
-        if view.get(home) is not None:
-            self._remove_subtree(view, home)
-        self._fire(_Event("@releaseDomain", False, (_SPECIAL_PERMS,)))
+        if self._live.get(home) is not None:
+            remove_subtree(self._live, home)
+        self._fire(Event("@releaseDomain", False, (SPECIAL_PERMS,)))
         self._flush()
 
     def disconnect_domain(self, domid: int) -> None:
@@ -357,290 +221,180 @@ class XenStoreServer:
         """
         for conn in self._connections:
             if conn.domid == domid:
-                conn.watches.clear()
-                conn.transactions.clear()
+                conn.end()
                 conn.cancel_scope.cancel()
 
     def paths(self) -> list[str]:
         """Every node's path, sorted (for leak checks)."""
-        return sorted(self._nodes)
+        return sorted(self._store.nodes)
 
     async def handle_connection(self, stream: trio.abc.Stream, domid: int) -> None:
         """Serve one client, as domain ``domid``, until it hangs up; then close ``stream``.
 
         The client's watches and open transactions end with the connection. Never raises for
         anything the client does: a broken stream or a payload over 4096 bytes just ends the
-        connection.
+        connection. An unprivileged domain's connection beyond :data:`CONNECTIONS_PER_DOMAIN`
+        is closed at once (the client reads the end of the stream).
         """
         check_domid(domid)
-        send_channel, receive_channel = trio.open_memory_channel[bytes](OUTBOX_MAX)
-        conn = _Connection(domid, send_channel)
+        if domid != 0 and self._connected[domid] >= CONNECTIONS_PER_DOMAIN:
+            if domid not in self._refusing:  # once while it is at the limit, not per attempt
+                self._refusing.add(domid)
+                log.warning(
+                    "domain %d has %d XenStore connections open, the most it may have: "
+                    "closing its new ones until one of those closes",
+                    domid,
+                    CONNECTIONS_PER_DOMAIN,
+                )
+            await trio.aclose_forcefully(stream)
+            return
+        conn = Connection(domid, self._watch_index)
         self._connections.append(conn)
+        self._connected[domid] += 1
         try:
-            with conn.cancel_scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._send_loop, conn, stream, receive_channel)
-                    await self._receive_loop(conn, stream)
-                    nursery.cancel_scope.cancel()
+            await conn.serve(stream, self._handle)
         finally:
             self._connections.remove(conn)
-            conn.watches.clear()
-            conn.transactions.clear()
-            send_channel.close()
-            receive_channel.close()
-            await trio.aclose_forcefully(stream)
+            self._connected[domid] -= 1
+            self._refusing.discard(domid)
+            if not self._connected[domid]:
+                del self._connected[domid]
 
-    # -- connection plumbing ---------------------------------------------------------------------
+    # -- requests ----------------------------------------------------------------------------------
 
-    async def _receive_loop(self, conn: _Connection, stream: trio.abc.Stream) -> None:
-        decoder = MessageDecoder()
-        while True:
-            try:
-                data = await stream.receive_some(_RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            if not data:
-                return
-            decoder.feed(data)
-            while True:
-                try:
-                    request = decoder.next_message()
-                except ProtocolError:
-                    return  # payload over the limit: C xenstored drops the connection
-                if request is None:
-                    break
-                conn.send(self._process(conn, request).encode())
-                self._flush()
-
-    @staticmethod
-    async def _send_loop(
-        conn: _Connection, stream: trio.abc.Stream, outbox: trio.MemoryReceiveChannel[bytes]
-    ) -> None:
-        try:
-            async for data in outbox:
-                await stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            conn.cancel_scope.cancel()
+    def _handle(self, conn: Connection, request: Message) -> None:
+        """Answer one request, then send the watch events it caused."""
+        conn.send(self._process(conn, request).encode())
+        self._flush()
 
     def _flush(self) -> None:
         outgoing, self._outgoing = self._outgoing, []
         for conn, data in outgoing:
             conn.send(data)
 
-    def _next_generation(self) -> int:
-        self._generation += 1
-        return self._generation
-
-    def _fire(self, event: _Event) -> None:
+    def _fire(self, event: Event) -> None:
         """Queue watch events for ``event`` (sent after the current reply, by ``_flush``)."""
-        for conn in self._connections:
-            if not any(_perm_for(conn.domid, perms) & _Perm.READ for perms in event.perm_lists):
-                continue
-            for watch in conn.watches:
-                hit = event.path == watch.path
-                if not event.exact:
-                    hit = hit or _is_below(event.path, watch.path)
-                if hit:
-                    payload = join_strings([event.path[watch.prefix_len :], watch.token])
-                    if len(payload) <= PAYLOAD_MAX:  # C drops over-long events too
-                        self._outgoing.append(
-                            (conn, Message(MessageType.WATCH_EVENT, 0, 0, payload).encode())
-                        )
+        for conn in self._watch_index.owners(event):
+            for message in conn.watches.messages(event):
+                self._outgoing.append((conn, message))
 
-    def _process(self, conn: _Connection, request: Message) -> Message:
+    def _view(self, tx: Transaction | None) -> View:
+        return self._live if tx is None else tx
+
+    def _process(self, conn: Connection, request: Message) -> Message:
         """Count and handle one request, and return its reply."""
+        known = _OPS.get(request.type)
+        self.requests[conn.domid, str(request.type) if known is None else known.name] += 1
+        op = MessageType.INVALID if known is None else known
         try:
-            name = MessageType(request.type).name
-        except ValueError:
-            name = str(request.type)
-        self.requests[conn.domid, name] += 1
-        try:
-            payload = self._dispatch(conn, request)
-        except _Failure as failure:
+            payload = self._dispatch(conn, op, request)
+        except Failure as failure:
             return Message(
                 MessageType.ERROR, request.req_id, request.tx_id, encode_error(failure.errno)
             )
         return Message(request.type, request.req_id, request.tx_id, payload)
 
-    def _dispatch(self, conn: _Connection, request: Message) -> bytes:
-        try:
-            op = MessageType(request.type)
-        except ValueError:
-            op = MessageType.INVALID
+    def _dispatch(self, conn: Connection, op: MessageType, request: Message) -> bytes:
         if op in _PRIVILEGED_OPS and not conn.privileged:
-            raise _Failure(errno.EACCES)
+            raise Failure(errno.EACCES)
         handler = self._handlers.get(op)
         if handler is None:
-            raise _Failure(errno.ENOSYS)
+            raise Failure(errno.ENOSYS)
         tx = None
         if op not in _NO_TX_OPS and request.tx_id != 0:
             tx = conn.transactions.get(request.tx_id)
             if tx is None:
-                raise _Failure(errno.ENOENT)
-        payload = handler(_Request(conn, tx, request.payload))
+                raise Failure(errno.ENOENT)
+        payload = handler(Request(conn, tx, request.payload))
         if len(payload) > PAYLOAD_MAX:
-            raise _Failure(errno.E2BIG)
+            raise Failure(errno.E2BIG)
         return payload
 
     # -- helpers shared by the operations ----------------------------------------------------------
 
     @staticmethod
-    def _decode_path(conn: _Connection, raw: bytes, *, allow_special: bool = False) -> str:
+    def _decode_path(conn: Connection, raw: bytes, *, allow_special: bool = False) -> str:
         """Validate a path from the wire and make it absolute; EINVAL if it is not allowed."""
         try:
             path = raw.decode("ascii")
             validate_path(path, allow_special=allow_special)
         except ValueError:
-            raise _Failure(errno.EINVAL) from None
+            raise Failure(errno.EINVAL) from None
         return f"{conn.home}/{path}" if is_relative(path) else path
 
-    def _one_path(self, request: _Request) -> str:
+    def _one_path(self, request: Request) -> str:
         try:
             raw = one_arg(request.payload)
         except ValueError:
-            raise _Failure(errno.EINVAL) from None
+            raise Failure(errno.EINVAL) from None
         return self._decode_path(request.conn, raw)
-
-    @staticmethod
-    def _check(view: _View, conn: _Connection, path: str, need: _Perm) -> _Node | None:
-        """Return the node at ``path`` if ``conn`` may ``need`` it, ``None`` if it is missing.
-
-        As C's ``get_node_chk_perm``: a missing node reports ENOENT only to those with the
-        same access to its nearest existing ancestor; the others, and those denied access to an
-        existing node, get EACCES, so that permissions hide what exists.
-        """
-        node = view.get(path)
-        if node is not None:
-            if _perm_for(conn.domid, node.perms) & need == need:
-                return node
-            raise _Failure(errno.EACCES)
-        ancestor = _parent(path)
-        above = view.get(ancestor)
-        while above is None:  # ends at the root, which always exists
-            ancestor = _parent(ancestor)
-            above = view.get(ancestor)
-        if not _perm_for(conn.domid, above.perms) & need:
-            raise _Failure(errno.EACCES)
-        return None
-
-    def _create(
-        self, view: _View, path: str, value: bytes, perms: _Perms | None = None, owner: int = 0
-    ) -> _Node:
-        """Create ``path`` and its missing parents; return the new node (watches not fired).
-
-        New nodes inherit their parent's permissions, with ``owner`` (an unprivileged writer)
-        as the owner; ``perms`` overrides that for the node itself.
-        """
-        missing = [path]
-        parent = view.get(_parent(path))
-        while parent is None:  # ends at the root, which always exists
-            missing.append(_parent(missing[-1]))
-            parent = view.get(_parent(missing[-1]))
-        if owner != 0 and view.owned_by(owner) + len(missing) > NODES_PER_DOMAIN:
-            raise _Failure(errno.ENOSPC)
-        for name in reversed(missing):
-            view.put(
-                _parent(name), attrs.evolve(parent, children=(*parent.children, _basename(name)))
-            )
-            inherited = parent.perms
-            if owner != 0:
-                inherited = (Permission(inherited[0].access, owner), *inherited[1:])
-            parent = _Node(b"", inherited)
-            view.put(name, parent)
-        node = attrs.evolve(parent, value=value, perms=perms or parent.perms)
-        view.put(path, node)
-        return node
-
-    def _remove_subtree(self, view: _View, path: str) -> None:
-        """Remove ``path`` and all below it, firing each removed node's watches.
-
-        Iterative, as a hostile domain can nest nodes ~1500 deep.
-        """
-        order: list[str] = []
-        stack = [path]
-        while stack:
-            current = stack.pop()
-            order.append(current)
-            node = view.get(current)
-            if node is not None:
-                stack.extend(_child(current, name) for name in node.children)
-        for current in reversed(order):  # children before their parents, as C's walk
-            node = view.get(current)
-            if node is not None:
-                view.emit(current, node, exact=current != path)
-                view.delete(current)
-        parent = view.get(_parent(path))
-        if parent is not None:
-            name = _basename(path)
-            children = tuple(c for c in parent.children if c != name)
-            view.put(_parent(path), attrs.evolve(parent, children=children))
 
     # -- the operations --------------------------------------------------------------------------
 
-    def _read(self, request: _Request) -> bytes:
+    def _read(self, request: Request) -> bytes:
         path = self._one_path(request)
-        node = self._check(_View(self, request.tx), request.conn, path, _Perm.READ)
+        node = check(self._view(request.tx), request.conn.domid, path, Perm.READ)
         if node is None:
-            raise _Failure(errno.ENOENT)
+            raise Failure(errno.ENOENT)
         return node.value
 
-    def _write(self, request: _Request) -> bytes:
+    def _write(self, request: Request) -> bytes:
         conn = request.conn
         raw_path, sep, value = request.payload.partition(b"\0")
         if not sep:
-            raise _Failure(errno.EINVAL)
+            raise Failure(errno.EINVAL)
         path = self._decode_path(conn, raw_path)
         if not conn.privileged and len(value) > VALUE_MAX:
-            raise _Failure(errno.ENOSPC)
-        view = _View(self, request.tx)
-        node = self._check(view, conn, path, _Perm.WRITE)
+            raise Failure(errno.ENOSPC)
+        view = self._view(request.tx)
+        node = check(view, conn.domid, path, Perm.WRITE)
         if node is None:
-            node = self._create(view, path, value, owner=conn.domid)
+            node = create(view, path, value, owner=conn.domid)
         else:
             node = attrs.evolve(node, value=value)
             view.put(path, node)
-        view.emit(path, node)
+        emit(view, path, node)
         return encode_ok()
 
-    def _mkdir(self, request: _Request) -> bytes:
+    def _mkdir(self, request: Request) -> bytes:
         path = self._one_path(request)
-        view = _View(self, request.tx)
-        if self._check(view, request.conn, path, _Perm.WRITE) is None:
-            node = self._create(view, path, b"", owner=request.conn.domid)
-            view.emit(path, node)
+        view = self._view(request.tx)
+        if check(view, request.conn.domid, path, Perm.WRITE) is None:
+            node = create(view, path, b"", owner=request.conn.domid)
+            emit(view, path, node)
         return encode_ok()
 
-    def _rm(self, request: _Request) -> bytes:
+    def _rm(self, request: Request) -> bytes:
         path = self._one_path(request)
-        view = _View(self, request.tx)
-        node = self._check(view, request.conn, path, _Perm.WRITE)
+        view = self._view(request.tx)
+        node = check(view, request.conn.domid, path, Perm.WRITE)
         if node is None:
             # Already gone: fine if the parent exists (C xenstored's rule).
-            if view.get(_parent(path)) is None:
-                raise _Failure(errno.ENOENT)
+            if view.peek(parent_of(path)) is None:
+                raise Failure(errno.ENOENT)
             return encode_ok()
         if path == "/":
-            raise _Failure(errno.EINVAL)
-        self._remove_subtree(view, path)
+            raise Failure(errno.EINVAL)
+        remove_subtree(view, path)
         return encode_ok()
 
-    def _directory(self, request: _Request) -> bytes:
+    def _directory(self, request: Request) -> bytes:
         path = self._one_path(request)
-        node = self._check(_View(self, request.tx), request.conn, path, _Perm.READ)
+        node = check(self._view(request.tx), request.conn.domid, path, Perm.READ)
         if node is None:
-            raise _Failure(errno.ENOENT)
+            raise Failure(errno.ENOENT)
         return join_strings(node.children)
 
-    def _directory_part(self, request: _Request) -> bytes:
+    def _directory_part(self, request: Request) -> bytes:
         """``path\\0offset\\0`` -> ``generation\\0`` and the names from byte ``offset`` on that
         fit; an extra NUL marks the end of the list."""
         if count_strings(request.payload) != 2:
-            raise _Failure(errno.EINVAL)
+            raise Failure(errno.EINVAL)
         raw_path, raw_offset = split_strings(request.payload)
         path = self._decode_path(request.conn, raw_path)
-        node = self._check(_View(self, request.tx), request.conn, path, _Perm.READ)
+        node = check(self._view(request.tx), request.conn.domid, path, Perm.READ)
         if node is None:
-            raise _Failure(errno.ENOENT)
+            raise Failure(errno.ENOENT)
         offset = int(raw_offset) if raw_offset.isdigit() else 0
         generation = str(node.generation).encode() + b"\0"
         names = join_strings(node.children)[offset:]
@@ -652,128 +406,110 @@ class XenStoreServer:
             taken += len(name) + 1
         return generation + names[:taken] + b"\0"
 
-    def _get_perms(self, request: _Request) -> bytes:
+    def _get_perms(self, request: Request) -> bytes:
         path = self._one_path(request)
-        node = self._check(_View(self, request.tx), request.conn, path, _Perm.READ)
+        node = check(self._view(request.tx), request.conn.domid, path, Perm.READ)
         if node is None:
-            raise _Failure(errno.ENOENT)
+            raise Failure(errno.ENOENT)
         return join_strings(p.format() for p in node.perms)
 
-    def _set_perms(self, request: _Request) -> bytes:
+    def _set_perms(self, request: Request) -> bytes:
         conn = request.conn
         parts = split_strings(request.payload)
         if len(parts) < 2:
-            raise _Failure(errno.EINVAL)
+            raise Failure(errno.EINVAL)
         if not conn.privileged and len(parts) - 1 > PERMS_PER_NODE:
-            raise _Failure(errno.ENOSPC)
+            raise Failure(errno.ENOSPC)
         try:
             perms = tuple(Permission.parse(p) for p in parts[1:])
         except ValueError:
-            raise _Failure(errno.EINVAL) from None
+            raise Failure(errno.EINVAL) from None
         path = self._decode_path(conn, parts[0])
-        view = _View(self, request.tx)
-        node = self._check(view, conn, path, _Perm.WRITE | _Perm.OWNER)
+        view = self._view(request.tx)
+        node = check(view, conn.domid, path, Perm.WRITE | Perm.OWNER)
         if node is None:
-            raise _Failure(errno.ENOENT)
+            raise Failure(errno.ENOENT)
         if not conn.privileged and perms[0].domid != node.perms[0].domid:
-            raise _Failure(errno.EPERM)  # unprivileged domains may not give nodes away
+            raise Failure(errno.EPERM)  # unprivileged domains may not give nodes away
         old_perms = node.perms
         node = attrs.evolve(node, perms=perms)
         view.put(path, node)
-        view.emit(path, node, old_perms=old_perms)
+        emit(view, path, node, old_perms=old_perms)
         return encode_ok()
 
-    def _watch_args(self, request: _Request) -> tuple[str, bytes, bool]:
+    def _watch_args(self, request: Request) -> tuple[str, bytes, bool]:
         # C accepts a third "depth" argument only with a feature we do not offer.
         if count_strings(request.payload) != 2:
-            raise _Failure(errno.EINVAL)
+            raise Failure(errno.EINVAL)
         raw_path, token = split_strings(request.payload)
         path = self._decode_path(request.conn, raw_path, allow_special=True)
         return path, token, is_relative(raw_path.decode("ascii"))
 
-    def _watch(self, request: _Request) -> bytes:
+    def _watch(self, request: Request) -> bytes:
         conn = request.conn
         path, token, relative = self._watch_args(request)
-        if any(w.path == path and w.token == token for w in conn.watches):
-            raise _Failure(errno.EEXIST)
+        if conn.watches.find(path, token) is not None:
+            raise Failure(errno.EEXIST)
         if not conn.privileged and len(conn.watches) >= WATCHES_PER_CONNECTION:
-            raise _Failure(errno.E2BIG)
-        watch = _Watch(path, token, len(conn.home) + 1 if relative else 0)
-        conn.watches.append(watch)
-        # The watch fires once at once, after the reply.
-        payload = join_strings([path[watch.prefix_len :], token])
-        if len(payload) <= PAYLOAD_MAX:
-            self._outgoing.append((conn, Message(MessageType.WATCH_EVENT, 0, 0, payload).encode()))
+            raise Failure(errno.E2BIG)
+        first = conn.watches.add(path, token, relative=relative)
+        if first is not None:  # the watch fires once at once, after the reply
+            self._outgoing.append((conn, first))
         return encode_ok()
 
-    def _unwatch(self, request: _Request) -> bytes:
+    def _unwatch(self, request: Request) -> bytes:
         conn = request.conn
         path, token, _ = self._watch_args(request)
-        for watch in conn.watches:
-            if watch.path == path and watch.token == token:
-                conn.watches.remove(watch)
-                return encode_ok()
-        raise _Failure(errno.ENOENT)
-
-    def _reset_watches(self, request: _Request) -> bytes:
-        request.conn.watches.clear()
-        request.conn.transactions.clear()
+        watch = conn.watches.find(path, token)
+        if watch is None:
+            raise Failure(errno.ENOENT)
+        conn.watches.remove(watch)
         return encode_ok()
 
-    def _transaction_start(self, request: _Request) -> bytes:
+    def _reset_watches(self, request: Request) -> bytes:
+        request.conn.end()
+        return encode_ok()
+
+    def _transaction_start(self, request: Request) -> bytes:
         conn = request.conn
         if request.tx is not None:
-            raise _Failure(errno.EBUSY)  # no nesting
+            raise Failure(errno.EBUSY)  # no nesting
         if not conn.privileged and len(conn.transactions) >= TRANSACTIONS_PER_CONNECTION:
-            raise _Failure(errno.ENOSPC)
+            raise Failure(errno.ENOSPC)
         while conn.next_tx_id == 0 or conn.next_tx_id in conn.transactions:
             conn.next_tx_id = (conn.next_tx_id + 1) % 2**32
         tx_id = conn.next_tx_id
         conn.next_tx_id = (tx_id + 1) % 2**32
-        conn.transactions[tx_id] = _Transaction(tx_id, dict(self._nodes))
+        conn.transactions[tx_id] = Transaction(tx_id, self._store, privileged=conn.privileged)
         return str(tx_id).encode() + b"\0"
 
-    def _transaction_end(self, request: _Request) -> bytes:
+    def _transaction_end(self, request: Request) -> bytes:
         try:
             arg = one_arg(request.payload)
         except ValueError:
-            raise _Failure(errno.EINVAL) from None
+            raise Failure(errno.EINVAL) from None
         if arg not in (b"T", b"F"):
-            raise _Failure(errno.EINVAL)
+            raise Failure(errno.EINVAL)
         tx = request.tx
         if tx is None:
-            raise _Failure(errno.ENOENT)
+            raise Failure(errno.ENOENT)
         del request.conn.transactions[tx.id]
         if arg == b"T":
-            self._commit(tx)
+            tx.commit(self._fire)
         return encode_ok()
 
-    def _commit(self, tx: _Transaction) -> None:
-        for path, generation in tx.seen.items():
-            node = self._nodes.get(path)
-            if (None if node is None else node.generation) != generation:
-                raise _Failure(errno.EAGAIN)
-        for path in tx.modified:
-            node = tx.nodes.get(path)
-            if node is None:
-                self._nodes.pop(path, None)
-            else:
-                self._nodes[path] = attrs.evolve(node, generation=self._next_generation())
-        for event in tx.events:
-            self._fire(event)
-
-    def _get_domain_path(self, request: _Request) -> bytes:
+    def _get_domain_path(self, request: Request) -> bytes:
         return domain_path(self._domid_arg(request)).encode() + b"\0"
 
-    def _is_domain_introduced(self, request: _Request) -> bytes:
+    def _is_domain_introduced(self, request: Request) -> bytes:
         return b"T\0" if self._domid_arg(request) in self._domains else b"F\0"
 
     @staticmethod
-    def _domid_arg(request: _Request) -> int:
+    def _domid_arg(request: Request) -> int:
         try:
             raw = one_arg(request.payload)
         except ValueError:
-            raise _Failure(errno.EINVAL) from None
+            raise Failure(errno.EINVAL) from None
         if not raw.isdigit() or len(raw) > 5 or int(raw) > 0xFFFF:
-            raise _Failure(errno.EINVAL)
+            raise Failure(errno.EINVAL)
         return int(raw)

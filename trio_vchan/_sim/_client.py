@@ -12,21 +12,20 @@ The fast paths never talk to the host: an :class:`SimEventChannel` holds two eve
 host created, its own (``fileno()``, what the peer's notifies increment) and the peer's (what
 ``notify()`` increments). Pages are memfds mapped with :mod:`mmap`.
 
-A backend created inside the process that runs the host would deadlock on a blocking socket
-(the host's trio loop could not answer), so such backends use :class:`LocalTransport`-like
-objects that call the host directly; :func:`register_local` is how the host announces itself.
+These calls block, so a process that runs the host cannot use them (the host's trio loop
+could not answer): :func:`~trio_vchan.sim.backend_from_environ` gives such a process a
+backend that calls its host directly.
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
 import errno
 import mmap
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final, Protocol, final
 
@@ -44,8 +43,10 @@ from .._backend import (
 )
 from .._backend import Mapping as MappingProtocol
 from .._errors import BackendUnavailableError
+from ._fds import ANCILLARY_SPACE, close_quietly, received_fds
 from ._proto import (
-    FDS_MAX,
+    ENV_DIR,
+    ENV_DOMID,
     MAP_WRITABLE,
     MAX_PAGES,
     MESSAGE_MAX,
@@ -54,10 +55,9 @@ from ._proto import (
     PortState,
     Reply,
     Request,
+    domain_dir,
 )
 
-ENV_DIR: Final = "TRIO_VCHAN_SIM"
-ENV_DOMID: Final = "TRIO_VCHAN_DOMID"
 _REF_MAX: Final = 0xFFFFFFFF
 
 
@@ -75,11 +75,6 @@ class Transport(Protocol):
     def close(self) -> None:
         """Hang up: the host releases everything this connection holds. Idempotent."""
         ...
-
-
-def domain_dir(directory: str | os.PathLike[str], domid: int) -> Path:
-    """Return ``<directory>/domains/<domid>``."""
-    return Path(directory) / "domains" / str(domid)
 
 
 @final
@@ -101,14 +96,12 @@ class SocketTransport(Transport):
             if self._sock.fileno() < 0:
                 raise OSError(errno.EPIPE, "this platform connection was closed")
             self._sock.sendall(request.encode())
-            data, ancdata, flags, _ = self._sock.recvmsg(
-                MESSAGE_MAX, socket.CMSG_SPACE(FDS_MAX * array.array("i").itemsize)
-            )
-        fds = _received_fds(ancdata)
+            data, ancdata, flags, _ = self._sock.recvmsg(MESSAGE_MAX, ANCILLARY_SPACE)
+        fds = received_fds(ancdata)
         try:
             reply = _decode_reply(data, flags)
         except BaseException:
-            _close_all(fds)
+            close_quietly(fds)
             raise
         return reply, fds
 
@@ -128,30 +121,14 @@ def _decode_reply(data: bytes, flags: int) -> Reply:
         raise OSError(errno.EPROTO, f"the simulated host sent a bad reply: {exc}") from None
 
 
-def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            received = array.array("i")
-            received.frombytes(data[: len(data) - len(data) % received.itemsize])
-            fds.extend(received)
-    return fds
-
-
-def _close_all(fds: Sequence[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
 def _call(transport: Transport, what: str, request: Request, nfds: int) -> tuple[Reply, list[int]]:
     """Make a request; raise OSError for an error reply or a wrong number of fds."""
     reply, fds = transport.request(request)
     if reply.status:
-        _close_all(fds)
+        close_quietly(fds)
         raise OSError(reply.status, f"{what}: {reply.message}")
     if len(fds) != nfds:
-        _close_all(fds)
+        close_quietly(fds)
         raise OSError(errno.EPROTO, f"{what}: the host sent {len(fds)} fds, not {nfds}")
     return reply, fds
 
@@ -260,7 +237,7 @@ class SimEventChannel(EventChannel):
         except OSError:
             pass  # the host is gone or already released it: nothing is left to release there
         finally:
-            _close_all([self._wait_fd, self._notify_fd])
+            close_quietly([self._wait_fd, self._notify_fd])
 
 
 @final
@@ -470,7 +447,7 @@ class SimGrantMemory(GrantMemory):
             1,
         )
         if len(reply.words) != count:
-            _close_all(fds)
+            close_quietly(fds)
             raise OSError(errno.EPROTO, f"the host returned {len(reply.words)} refs, not {count}")
         region = _Region(self._transport, reply.values[0], fds[0], 0, count * PAGE_SIZE, True)
         return SimShare(region, reply.words)
@@ -529,19 +506,6 @@ def make_backend(domid: int, transport: Transport, xenstore_path: Path) -> Backe
     )
 
 
-#: Hosts running in this process: resolved directory -> ``SimulatedHost.backend``.
-_LOCAL_HOSTS: dict[str, Callable[[int], Backend]] = {}
-
-
-def register_local(directory: str, factory: Callable[[int], Backend] | None) -> None:
-    """Announce (or with None, withdraw) a host running in this process."""
-    key = os.path.realpath(directory)
-    if factory is None:
-        _LOCAL_HOSTS.pop(key, None)
-    else:
-        _LOCAL_HOSTS[key] = factory
-
-
 def parse_domid(text: str) -> int:
     """Parse ``TRIO_VCHAN_DOMID``.
 
@@ -553,20 +517,13 @@ def parse_domid(text: str) -> int:
     return check_domid(int(text), ENV_DOMID)
 
 
-def backend_from_environ(environ: Mapping[str, str] | None = None) -> Backend:
-    """Join the simulated host named by ``TRIO_VCHAN_SIM`` as domain ``TRIO_VCHAN_DOMID``.
-
-    The domain is created if the host does not have it yet.
-
-    Args:
-        environ: the environment to read (default :data:`os.environ`).
+def parse_environ(environ: Mapping[str, str]) -> tuple[str, int]:
+    """The host directory and the domain id that ``environ`` names.
 
     Raises:
-        BackendUnavailableError: a variable is unset or the directory is not a running host.
+        BackendUnavailableError: a variable is unset.
         ValueError: ``TRIO_VCHAN_DOMID`` is not a valid domain id.
     """
-    if environ is None:
-        environ = os.environ
     directory = environ.get(ENV_DIR)
     if not directory:
         raise BackendUnavailableError(
@@ -578,10 +535,17 @@ def backend_from_environ(environ: Mapping[str, str] | None = None) -> Backend:
         raise BackendUnavailableError(
             f"{ENV_DIR} is set but {ENV_DOMID} is not: set it to this process's domain id"
         )
-    domid = parse_domid(domid_text)
-    local = _LOCAL_HOSTS.get(os.path.realpath(directory))
-    if local is not None:
-        return local(domid)
+    return directory, parse_domid(domid_text)
+
+
+def join(directory: str, domid: int) -> Backend:
+    """Join the simulated host serving ``directory`` (from another process) as ``domid``.
+
+    The domain is created if the host does not have it yet.
+
+    Raises:
+        BackendUnavailableError: the directory is not a running host.
+    """
     control = Path(directory) / "host"
     if not control.is_socket():
         raise BackendUnavailableError(

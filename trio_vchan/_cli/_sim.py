@@ -15,17 +15,14 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
-from ._backend import check_domid
-from ._sim._host import SimulatedHost
-from ._sim._platform import ENV_DIR, ENV_DOMID, domain_dir, parse_domid
-from ._sim._proto import MESSAGE_MAX, Op, Reply, Request
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
+from .._backend import check_domid
+from .._sim._client import parse_domid
+from .._sim._host import SimulatedHost, check_domain_name
+from .._sim._proto import ENV_DIR, ENV_DOMID, MESSAGE_MAX, Op, Reply, Request, domain_dir
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -117,8 +114,44 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="destroy domain DOMID of the running host, then exit",
     )
     parser.add_argument(
+        "--name",
+        metavar="DOMID=NAME",
+        type=_domain_name,
+        action="append",
+        default=[],
+        help=(
+            "give domain DOMID the name NAME in XenStore (/local/domain/DOMID/name), as Xen's "
+            "toolstack does; repeatable; domain 0 is Domain-0 unless named"
+        ),
+    )
+    parser.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="a command to run"
     )
+
+
+def _domain_name(text: str) -> tuple[int, str]:
+    """Parse ``--name DOMID=NAME``."""
+    domid_text, sep, name = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected DOMID=NAME, not {text!r}")
+    try:
+        return parse_domid(domid_text), check_domain_name(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _names(pairs: list[tuple[int, str]]) -> dict[int, str]:
+    """The names of ``--name``, one per domain (``SimulatedHost`` checks the rest).
+
+    Raises:
+        ValueError: a domain is named twice.
+    """
+    names: dict[int, str] = {}
+    for domid, name in pairs:
+        if domid in names:
+            raise ValueError(f"--name: domain {domid} is named twice")
+        names[domid] = name
+    return names
 
 
 def _destroy_domid(text: str) -> int:
@@ -319,7 +352,7 @@ async def _run_background(args: argparse.Namespace, command: list[str]) -> int:
         print(f"trio-vchan sim: {exc}", file=sys.stderr)
         return 2
     argv = [sys.executable, *(["-P"] if getattr(sys.flags, "safe_path", False) else [])]
-    argv += ["-m", "trio_vchan._sim_cli"]
+    argv += ["-m", "trio_vchan", "sim"]
     if args.dir:
         directory = _absolute(args.dir)
         problem = _directory_problem(directory)
@@ -327,6 +360,13 @@ async def _run_background(args: argparse.Namespace, command: list[str]) -> int:
             print(f"trio-vchan sim: {problem}", file=sys.stderr)
             return 2
         argv += ["--dir", os.fspath(directory)]
+    try:
+        SimulatedHost(names=_names(args.name))  # the names' checks, before the host starts
+    except ValueError as exc:
+        print(f"trio-vchan sim: {exc}", file=sys.stderr)
+        return 2
+    for domid, name in args.name:
+        argv += ["--name", f"{domid}={name}"]
     process = await trio.lowlevel.open_process(
         argv,
         stdin=subprocess.DEVNULL,
@@ -403,10 +443,15 @@ async def run(args: argparse.Namespace) -> int:
         if problem:
             print(f"trio-vchan sim: {problem}", file=sys.stderr)
             return 2
+    try:
+        configured = SimulatedHost(args.dir, names=_names(args.name))
+    except ValueError as exc:
+        print(f"trio-vchan sim: {exc}", file=sys.stderr)
+        return 2
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with contextlib.AsyncExitStack() as stack:
             try:
-                host = await stack.enter_async_context(SimulatedHost(args.dir))
+                host = await stack.enter_async_context(configured)
             except (ValueError, OSError) as exc:
                 reason = str(exc) if isinstance(exc, ValueError) else (exc.strerror or str(exc))
                 if not args.dir:
@@ -456,19 +501,3 @@ async def run(args: argparse.Namespace) -> int:
                         await _end_group(process.pid)
             return 128 - status if status < 0 else status
     return 0  # unreachable: the signal iterator never ends
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m trio_vchan._sim_cli [--dir DIR] [-- COMMAND ...]`` (or ``--destroy DOMID``)."""
-    parser = argparse.ArgumentParser(
-        prog="trio-vchan sim",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    configure(parser)
-    return trio.run(run, parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
