@@ -45,10 +45,11 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 
+from ._layout import PAGE_SIZE as PAGE_SIZE  # backends map and grant whole pages of it
+
 if TYPE_CHECKING:
     import trio
 
-PAGE_SIZE: Final = 4096
 DOMID_MAX: Final = 32751  # DOMID_FIRST_RESERVED - 1
 
 
