@@ -288,3 +288,23 @@ async def test_receive_to_fd_cancelled_on_a_full_pipe_loses_nothing(sim: Simulat
         finally:
             os.close(out_read)
             os.close(out_write)
+
+
+async def test_closing_the_stream_ends_a_wait_on_a_descriptor(sim: SimulatedHost) -> None:
+    async with pair(sim) as (server, client):
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        try:
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+
+                    async def send() -> None:
+                        with pytest.raises(trio.ClosedResourceError, match="closed while"):
+                            await client.send_from_fd(read_end)  # the pipe stays empty
+
+                    nursery.start_soon(send)
+                    await trio.testing.wait_all_tasks_blocked()
+                    await client.aclose()
+        finally:
+            os.close(read_end)
+            os.close(write_end)

@@ -97,23 +97,18 @@ def _trim(views: list[memoryview], limit: int | None) -> list[memoryview]:
     return trimmed
 
 
-async def _fd_io(
-    io: Callable[[int, list[memoryview]], int],
-    fd: int,
-    views: list[memoryview],
-    wait: Callable[[int], Awaitable[None]],
+def _fd_io(
+    io: Callable[[int, list[memoryview]], int], fd: int, views: list[memoryview]
 ) -> int | None:
     """``io(fd, views)`` (os.readv or os.writev), the views of the ring released after; None
-    when ``fd`` would block, returned once it may not."""
+    when ``fd`` would block."""
     try:
         return io(fd, views)
     except BlockingIOError:
-        pass
+        return None
     finally:
         for view in views:
             view.release()
-    await wait(fd)
-    return None
 
 
 def _writable_bytes(buffer: WritableBuffer) -> memoryview:
@@ -150,6 +145,7 @@ class VchanStream(trio.abc.Stream):
         self._busy_poll = 0.0
         self._at_end = False
         self._unread = bytearray()  # taken from the ring by a cancelled receive_exactly
+        self._fd_waits: set[trio.CancelScope] = set()  # send_from_fd/receive_to_fd waiting
         self._send_conflict = _ConflictDetector("another task is already sending on this vchan")
         self._receive_conflict = _ConflictDetector(
             "another task is already receiving on this vchan"
@@ -538,8 +534,9 @@ class VchanStream(trio.abc.Stream):
                     woke = await self._wait_for_space(token)
                     blocked |= woke
                     continue
-                taken = await _fd_io(os.readv, fd, views, trio.lowlevel.wait_readable)
+                taken = _fd_io(os.readv, fd, views)
                 if taken is None:
+                    await self._wait_fd(trio.lowlevel.wait_readable, fd)
                     blocked = True
                     continue
                 if taken:
@@ -582,8 +579,9 @@ class VchanStream(trio.abc.Stream):
             while True:
                 if self._unread:  # what a cancelled receive_exactly took, first
                     unread = [memoryview(self._unread)[:limit]]
-                    written = await _fd_io(os.writev, fd, unread, trio.lowlevel.wait_writable)
+                    written = _fd_io(os.writev, fd, unread)
                     if written is None:
+                        await self._wait_fd(trio.lowlevel.wait_writable, fd)
                         blocked = True
                         continue
                     del self._unread[:written]
@@ -598,8 +596,9 @@ class VchanStream(trio.abc.Stream):
                     woke = await self._wait_for_data(token)
                     blocked |= woke
                     continue
-                written = await _fd_io(os.writev, fd, views, trio.lowlevel.wait_writable)
+                written = _fd_io(os.writev, fd, views)
                 if written is None:
+                    await self._wait_fd(trio.lowlevel.wait_writable, fd)
                     blocked = True
                     continue
                 self._guard(self._consume, written)
@@ -608,6 +607,18 @@ class VchanStream(trio.abc.Stream):
             if not blocked:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return taken
+
+    async def _wait_fd(self, wait: Callable[[int], Awaitable[None]], fd: int) -> None:
+        """Wait until ``fd`` may be ready (``trio.lowlevel.wait_readable``/``wait_writable``);
+        a close of this stream ends the wait, as it ends waits on the event channel."""
+        with trio.CancelScope() as scope:
+            self._fd_waits.add(scope)
+            try:
+                await wait(fd)
+            finally:
+                self._fd_waits.discard(scope)
+        if scope.cancelled_caught:
+            raise trio.ClosedResourceError("this vchan was closed while waiting for descriptor")
 
     def _waiting_data(self, limit: int | None, woke: bool) -> list[memoryview] | None:
         """Views of the data in the ring; [] for "nothing yet", None at end of stream."""
@@ -686,6 +697,8 @@ class VchanStream(trio.abc.Stream):
         self._closed = True
         try:
             self._notifier.close()  # waiting tasks get ClosedResourceError
+            for scope in self._fd_waits:  # and so do tasks waiting on a descriptor
+                scope.cancel()
             try:
                 self._ring.set_live(Live.EXITED)
                 self._channel.notify()
