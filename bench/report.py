@@ -506,6 +506,7 @@ def markdown(results: dict[str, Any]) -> str:
 #: The plot's lines: contender, style.
 PLOTTED = (
     ("trio_vchan", "o-"),
+    ("trio_vchan_messages", "x-."),
     ("wrapper", "^-"),
     ("c", "D-"),
     ("socketpair", "s--"),
