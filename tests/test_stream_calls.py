@@ -291,7 +291,7 @@ async def test_receive_to_fd_cancelled_on_a_full_pipe_loses_nothing(sim: Simulat
 
 
 async def test_closing_the_stream_ends_a_wait_on_a_descriptor(sim: SimulatedHost) -> None:
-    async with pair(sim) as (server, client):
+    async with pair(sim) as (_, client):
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
         try:
