@@ -8,6 +8,8 @@ import os
 import select
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ from sim_agent import AgentError, agent
 
 from trio_vchan import BackendUnavailableError, XenStoreError
 from trio_vchan._backend import PAGE_SIZE, ChannelStatus
+from trio_vchan._sim import _host
 from trio_vchan._sim._fds import ANCILLARY_SPACE, received_fds
 from trio_vchan._sim._proto import NO_NOTIFY, Op
 from trio_vchan._xenstore import WatchEvent, XenStoreClient
@@ -670,3 +673,49 @@ async def test_domains_have_names_in_xenstore_as_on_xen() -> None:
         assert host.leaks() == []
     with pytest.raises(ValueError, match="is domain 1's already"):
         SimulatedHost(names={1: "web", 2: "web"})
+
+
+_CONNECTOR = """
+import select, socket, sys, time
+path, count = sys.argv[1], int(sys.argv[2])
+socks = []
+for _ in range(count):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.connect(path)
+    socks.append(sock)
+# the host closes the connections it refuses at once: those read the end of the stream
+time.sleep(1)
+readable, _, _ = select.select(socks, [], [], 0)
+print(count - sum(not s.recv(1) for s in readable), flush=True)
+sys.stdin.read()
+"""
+
+
+async def test_a_domain_may_not_open_more_than_its_platform_connections(
+    host: SimulatedHost,
+) -> None:
+    limit = _host.PLATFORM_CONNECTIONS_PER_DOMAIN
+    host.add_domain(1)
+    path = os.path.join(host.directory, "domains", "1", "platform")
+    attack = await trio.lowlevel.open_process(
+        [sys.executable, "-c", _CONNECTOR, path, str(limit + 20)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert attack.stdin is not None
+    assert attack.stdout is not None
+    try:
+        with trio.fail_after(TIMEOUT):
+            line = b""
+            while not line.endswith(b"\n"):
+                line += await attack.stdout.receive_some()
+        assert int(line) == limit  # the 20 beyond were closed at once
+        # another domain is served as before, and so is this one's next process once it ends
+        async with agent(host.environ, 2) as dom2:
+            await dom2.exit()
+    finally:
+        await attack.stdin.aclose()
+        with trio.fail_after(TIMEOUT):
+            await attack.wait()
+    async with agent(host.environ, 1) as dom1:
+        await dom1.exit()

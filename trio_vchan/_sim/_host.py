@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 _SOCKET_PATH_MAX: Final = 107  # sizeof(sun_path) - 1
 #: A connection whose requests are always there is served this many at a time.
 _REQUESTS_BETWEEN_CHECKPOINTS: Final = 16
+#: Platform connections an unprivileged domain may hold at once: one per process that uses the
+#: platform (a vchan process holds one, shared by its vchans). Beyond it, a new one is closed at
+#: once, so a domain cannot use up the host's fds and memory; dom0 is not limited.
+PLATFORM_CONNECTIONS_PER_DOMAIN: Final = 256
 
 
 @attrs.define(eq=False)
@@ -136,6 +140,8 @@ class SimulatedHost:
         self._stack = contextlib.AsyncExitStack()
         self._listeners: list[trio.socket.SocketType] = []
         self._served = 0
+        self._platform_connections: collections.Counter[int] = collections.Counter()
+        self._refusing: set[int] = set()  # domains at their platform connection limit
         self._idle = trio.lowlevel.ParkingLot()
         self._stopped = False
 
@@ -505,10 +511,24 @@ class SimulatedHost:
             log.exception("the XenStore server failed on a connection of domain %d", domid)
 
     async def _serve_platform(self, conn: trio.socket.SocketType, domid: int) -> None:
+        held = self._platform_connections
+        if domid != 0 and held[domid] >= PLATFORM_CONNECTIONS_PER_DOMAIN:
+            if domid not in self._refusing:  # once while it is at the limit, not per attempt
+                self._refusing.add(domid)
+                log.warning(
+                    "domain %d has %d platform connections open, the most it may have:"
+                    " closing its new ones until one of those closes",
+                    domid,
+                    PLATFORM_CONNECTIONS_PER_DOMAIN,
+                )
+            return  # the caller closes it: the client reads the end of the stream
         client = self._platform.connect(domid)
+        held[domid] += 1
         try:
             await self._serve_requests(conn, lambda data: self._platform.handle(client, data))
         finally:
+            held[domid] -= 1
+            self._refusing.discard(domid)
             self._platform.disconnect(client)
 
     async def _serve_control(self, conn: trio.socket.SocketType, domid: int) -> None:
