@@ -61,8 +61,8 @@ def build() -> ModuleType:
     builder = FFI()
     builder.cdef(native.CDEF + '\nextern "Python" void vchan_step(int kind);')
     builder.set_source(name, source, extra_compile_args=["-O1"])
-    found = list(directory.glob(f"{name}.*.so"))
-    library = found[0] if found else Path(builder.compile(tmpdir=str(directory)))
+    built = directory / (name + importlib.machinery.EXTENSION_SUFFIXES[0])  # this Python's
+    library = built if built.exists() else Path(builder.compile(tmpdir=str(directory)))
     loader = importlib.machinery.ExtensionFileLoader(name, str(library))
     spec = importlib.util.spec_from_loader(name, loader)
     assert spec is not None
