@@ -125,7 +125,11 @@ async def test_events_coalesce_until_consumed(domains: Domains) -> None:
         for _ in range(50):
             client.notify()
         assert readable(server.fileno(), WAIT)
-        server.consume()  # one consume takes them all
+        server.consume()
+        # On Linux the port was masked from the first event until this consume, and what came
+        # meanwhile is one more event, delivered at the unmask; the simulated host has none.
+        if readable(server.fileno(), 0.1):
+            server.consume()
         assert not readable(server.fileno(), 0.1)
     finally:
         client.close()

@@ -251,7 +251,9 @@ class ModelKernel(FakeKernel):
         super().__init__()
         self.hypervisor = hypervisor
         self.domid = domid
-        self._pending: dict[int, set[int]] = {}
+        self._pending: dict[int, set[int]] = {}  # by fd: fired, not yet read
+        self._masked: dict[int, set[int]] = {}  # by fd: read (or queued), not yet written back
+        self._held: dict[int, set[int]] = {}  # by fd: fired while masked
         self._regions: dict[int, _Region] = {}  # by index
 
     # Every file is a real eventfd, so fds never collide with the process's own and an evtchn
@@ -274,7 +276,8 @@ class ModelKernel(FakeKernel):
         for index, region in list(self._regions.items()):
             if region.fd == fd:
                 self._release(index)
-        self._pending.pop(fd, None)
+        for state in (self._pending, self._masked, self._held):
+            state.pop(fd, None)
         os.close(fd)
 
     def exit_process(self) -> None:
@@ -299,9 +302,25 @@ class ModelKernel(FakeKernel):
         return port_bytes(*ports)[:size]
 
     def fire(self, fd: int, port: int) -> None:
-        if fd in self.paths:
-            self._pending.setdefault(fd, set()).add(port)
-            os.eventfd_write(fd, 1)
+        # As Linux's evtchn driver: a port that fired is masked until its number is written
+        # back; an event meanwhile stays pending in Xen and is delivered at the unmask.
+        if fd not in self.paths:
+            return
+        if port in self._masked.setdefault(fd, set()):
+            self._held.setdefault(fd, set()).add(port)
+            return
+        self._masked[fd].add(port)
+        self._pending.setdefault(fd, set()).add(port)
+        os.eventfd_write(fd, 1)
+
+    def write(self, fd: int, data: bytes) -> int:
+        written = super().write(fd, data)
+        for (port,) in struct.iter_unpack("=I", data):
+            self._masked.get(fd, set()).discard(port)
+            if port in self._held.get(fd, set()):
+                self._held[fd].discard(port)
+                self.fire(fd, port)
+        return written
 
     def ioctl(self, fd: int, request: int, arg: memoryview) -> int:
         result = super().ioctl(fd, request, arg)  # records, and raises what self.fail says
