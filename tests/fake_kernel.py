@@ -374,6 +374,7 @@ class ModelKernel(FakeKernel):
         port = ports[self.domid, number] = _Port(self, fd, number, remote_domid, remote)
         if remote is not None:
             remote.peer = port
+            port.fire()  # Xen's EVTCHNOP_bind_interdomain leaves the new port pending
         return number
 
     def _unbind(self, key: tuple[int, int]) -> None:

@@ -43,7 +43,7 @@ async def _sim_domains(host: SimulatedHost) -> AsyncIterator[Domains]:
         await spawn_mapper(plan, "sim", host.environ(B))
 
     try:
-        yield Domains("sim", a, b, True, True, "BufferError", mapper_dies)
+        yield Domains("sim", a, b, True, True, False, "BufferError", mapper_dies)
     finally:
         a.close()
         b.close()
@@ -75,7 +75,7 @@ async def _fake_domains(host: SimulatedHost) -> AsyncIterator[Domains]:
         assert kernel.paths == {}
 
     try:
-        yield Domains("linux-fake", a, b, False, False, "deferred", mapper_dies)
+        yield Domains("linux-fake", a, b, False, False, True, "deferred", mapper_dies)
     finally:
         a.close()
         b.close()
@@ -94,7 +94,7 @@ async def _xen_domains() -> AsyncIterator[Domains]:
         await spawn_mapper(plan, "xen", {})
 
     try:
-        yield Domains("xen", a, b, False, False, "deferred", mapper_dies)
+        yield Domains("xen", a, b, False, False, True, "deferred", mapper_dies)
     finally:
         a.close()
         b.close()
