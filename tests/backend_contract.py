@@ -6,10 +6,10 @@ tests run in dom0 alone). tests/test_backend_contract.py runs them on the simula
 the Linux backend over tests/fake_kernel.py's model kernel, and, with Xen's devices, on real
 Xen (``nox -s xen``).
 
-Run as a program (``python tests/backend_contract.py sim|xen REMOTE REFS PORT OFFSET``), this
-file is the other process of the unmap-notify check: it joins as a domain, maps ``REFS`` of
-domain ``REMOTE`` writable, binds to its ``PORT``, asks for an unmap-notify at ``OFFSET``,
-says ``ready`` and waits to be killed.
+Run as a program (``python tests/backend_contract.py sim|xen REMOTE REFS PORT OFFSET CLOSE``),
+this file is the other process of the unmap-notify check: it joins as a domain, maps ``REFS``
+of domain ``REMOTE`` writable, binds to its ``PORT``, asks for an unmap-notify at ``OFFSET``,
+closes that channel if ``CLOSE`` is ``True``, says ``ready`` and waits to be killed.
 """
 
 from __future__ import annotations
@@ -38,12 +38,14 @@ WAIT: Final = 10.0  # seconds an event may take to arrive (it is never this slow
 @attrs.frozen
 class MapperPlan:
     """What the dying mapper does: map ``refs`` of domain ``remote`` writable, bind to its
-    ``port`` and ask for an unmap-notify at ``offset``."""
+    ``port`` and ask for an unmap-notify at ``offset``; then, if ``close_port``, close its
+    end of the channel (the notify must still be sent)."""
 
     remote: int
     refs: Sequence[int]
     port: int
     offset: int
+    close_port: bool
 
 
 @attrs.frozen
@@ -344,8 +346,9 @@ async def test_live_views_at_close_pin_each_backends_behaviour(domains: Domains)
 # -- unmap-notify ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("close_port", [False, True], ids=["", "port-closed-first"])
 async def test_unmap_notify_clears_the_byte_and_fires_when_the_mapper_dies(
-    domains: Domains,
+    domains: Domains, close_port: bool
 ) -> None:
     share = domains.a.memory.share(domains.b.domid, 2)
     server = domains.a.events.bind_unbound(domains.b.domid)
@@ -353,7 +356,7 @@ async def test_unmap_notify_clears_the_byte_and_fires_when_the_mapper_dies(
         offset = PAGE_SIZE + 21  # a byte of the second page
         share.buffer[offset] = 1
         share.buffer[offset + 1] = 7
-        plan = MapperPlan(domains.a.domid, list(share.refs), server.port, offset)
+        plan = MapperPlan(domains.a.domid, list(share.refs), server.port, offset, close_port)
         await domains.mapper_dies(plan)
         with trio.fail_after(WAIT):
             await trio.lowlevel.wait_readable(server.fileno())
@@ -404,7 +407,8 @@ async def test_each_xenstore_connection_acts_as_its_domain(domains: Domains) -> 
 
 async def spawn_mapper(plan: MapperPlan, kind: str, environ: dict[str, str]) -> None:
     """Run this file as the mapper (see the module docstring), wait for ``ready``, SIGKILL it."""
-    args = [kind, str(plan.remote), ",".join(map(str, plan.refs)), str(plan.port), str(plan.offset)]
+    refs = ",".join(map(str, plan.refs))
+    args = [kind, str(plan.remote), refs, str(plan.port), str(plan.offset), str(plan.close_port)]
     process = await trio.lowlevel.open_process(
         [sys.executable, os.fspath(SELF), *args],
         stdout=subprocess.PIPE,
@@ -428,7 +432,7 @@ async def spawn_mapper(plan: MapperPlan, kind: str, environ: dict[str, str]) -> 
 
 
 def _mapper_main(argv: list[str]) -> None:
-    kind, remote, refs, port, offset = argv
+    kind, remote, refs, port, offset, close_port = argv
     if kind == "sim":
         from trio_vchan.sim import backend_from_environ
 
@@ -440,6 +444,8 @@ def _mapper_main(argv: list[str]) -> None:
     channel = backend.events.bind_interdomain(int(remote), int(port))
     mapping = backend.memory.map(int(remote), [int(r) for r in refs.split(",")], writable=True)
     mapping.set_unmap_notify(int(offset), channel.port)
+    if close_port == "True":
+        channel.close()
     print("ready", flush=True)
     select.select([], [], [])  # until killed
 

@@ -199,6 +199,8 @@ class _Port:
     port: int
     remote_domid: int
     peer: _Port | None = None
+    holds: int = 0  # unmap-notifies naming this port: it stays bound for them
+    unbound: bool = False  # closed while held
 
     def fire(self) -> None:
         self.kernel.fire(self.fd, self.port)
@@ -351,6 +353,11 @@ class ModelKernel(FakeKernel):
         elif name.endswith("SET_UNMAP_NOTIFY"):
             for index, region in self._regions.items():
                 if index <= view.index < index + region.count * PAGE:
+                    # As Linux, hold the port (evtchn_get) so that it outlives its close.
+                    port = self._own_port(view.event_channel_port)
+                    port.holds += 1
+                    if region.notify is not None:
+                        self._drop_hold(region.notify[1])
                     region.notify = (view.index - index, view.event_channel_port)
                     break
             else:
@@ -377,9 +384,19 @@ class ModelKernel(FakeKernel):
             port.fire()  # Xen's EVTCHNOP_bind_interdomain leaves the new port pending
         return number
 
+    def _drop_hold(self, number: int) -> None:
+        port = self.hypervisor.ports[self.domid, number]
+        port.holds -= 1
+        if port.unbound:
+            self._unbind((self.domid, number))
+
     def _unbind(self, key: tuple[int, int]) -> None:
+        port = self.hypervisor.ports[key]
+        if port.holds:
+            port.unbound = True  # unbound when the last unmap-notify naming it has run
+            return
         # As Xen's EVTCHNOP_close: the remote end goes back to unbound, and is not fired.
-        port = self.hypervisor.ports.pop(key)
+        del self.hypervisor.ports[key]
         if port.peer is not None:
             port.peer.peer = None
 
@@ -427,9 +444,10 @@ class ModelKernel(FakeKernel):
         if region.notify is not None and region.memfd >= 0:
             offset, number = region.notify
             os.pwrite(region.memfd, b"\0", region.first_page * PAGE + offset)
-            port = self.hypervisor.ports.get((self.domid, number))
-            if port is not None and port.peer is not None:
+            port = self.hypervisor.ports[self.domid, number]
+            if port.peer is not None:
                 port.peer.fire()
+            self._drop_hold(number)
         if region.path == GNTALLOC:
             for _, ref in region.refs:
                 del self.hypervisor.grants[ref]
@@ -438,3 +456,6 @@ class ModelKernel(FakeKernel):
 
     def open_regions(self) -> int:
         return len(self._regions)
+
+    def bound_ports(self) -> int:
+        return sum(port.kernel is self for port in self.hypervisor.ports.values())

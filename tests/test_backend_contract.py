@@ -70,9 +70,12 @@ async def _fake_domains(host: SimulatedHost) -> AsyncIterator[Domains]:
         channel = mapper.events.bind_interdomain(plan.remote, plan.port)
         mapping = mapper.memory.map(plan.remote, plan.refs, writable=True)
         mapping.set_unmap_notify(plan.offset, channel.port)
+        if plan.close_port:
+            channel.close()
         del channel, mapping, mapper
         kernel.exit_process()
         assert kernel.paths == {}
+        assert kernel.bound_ports() == kernel.open_regions() == 0
 
     try:
         yield Domains("linux-fake", a, b, False, False, True, "deferred", mapper_dies)
@@ -83,7 +86,7 @@ async def _fake_domains(host: SimulatedHost) -> AsyncIterator[Domains]:
         for pages in kernel.maps:
             pages.close()  # what Linux defers while views live: by now they must be gone
         assert kernel.paths == {}, kernel.paths
-        assert kernel.open_regions() == 0
+        assert kernel.open_regions() == kernel.bound_ports() == 0
 
 
 async def _xen_domains() -> AsyncIterator[Domains]:
