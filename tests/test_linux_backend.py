@@ -1,9 +1,10 @@
 """The Linux device layer (trio_vchan._linux) against a recording fake kernel.
 
-Every system call goes through an injected :class:`Syscalls`; the fake below records them and
-decodes each ioctl's request struct with the same cffi module, so the tests assert the exact
-sequence of calls and the field values the kernel would see. Two more tests pin the compiled ABI
-itself (ioctl numbers and struct bytes) against the kernel's documented encoding.
+Every system call goes through an injected :class:`Syscalls`; the fake (tests/fake_kernel.py)
+records them and decodes each ioctl's request struct with the same cffi module, so the tests
+assert the exact sequence of calls and the field values the kernel would see. Two more tests
+pin the compiled ABI itself (ioctl numbers and struct bytes) against the kernel's documented
+encoding. tests/test_backend_contract.py runs the backend contract over the fake's model form.
 
 Tests marked ``real_xen`` need Xen's devices (``/dev/xen/evtchn``) and skip without them; the
 Xen harness (``nox -s xen``) runs them in dom0.
@@ -19,13 +20,23 @@ import socket
 import struct
 import sys
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 import pytest
+from fake_kernel import (
+    EVTCHN,
+    GNTALLOC,
+    GNTDEV,
+    NOTIFY_BOTH,
+    PAGE,
+    REQUESTS,
+    RW,
+    FakeKernel,
+    port_bytes,
+)
 
 from trio_vchan import BackendUnavailableError
 from trio_vchan._linux import open_backend
@@ -36,165 +47,6 @@ from trio_vchan._linux._syscalls import SYSCALLS, Syscalls
 from trio_vchan._linux._xenbus import find_xenstore, xenstore_candidates
 from trio_vchan._xen_devices import ffi, lib
 from trio_vchan._xs_wire import Message, MessageDecoder, MessageType
-
-EVTCHN: Final = "/dev/xen/evtchn"
-GNTALLOC: Final = "/dev/xen/gntalloc"
-GNTDEV: Final = "/dev/xen/gntdev"
-PAGE: Final = 4096
-RW: Final = mmap.PROT_READ | mmap.PROT_WRITE
-NOTIFY_BOTH: Final = 3  # UNMAP_NOTIFY_CLEAR_BYTE | UNMAP_NOTIFY_SEND_EVENT, per the uapi header
-
-# request name -> the struct it carries (None: no argument)
-REQUESTS: Final[dict[str, str | None]] = {
-    "IOCTL_EVTCHN_BIND_INTERDOMAIN": "struct ioctl_evtchn_bind_interdomain",
-    "IOCTL_EVTCHN_BIND_UNBOUND_PORT": "struct ioctl_evtchn_bind_unbound_port",
-    "IOCTL_EVTCHN_UNBIND": "struct ioctl_evtchn_unbind",
-    "IOCTL_EVTCHN_NOTIFY": "struct ioctl_evtchn_notify",
-    "IOCTL_EVTCHN_RESET": None,
-    "IOCTL_GNTALLOC_ALLOC_GREF": "struct ioctl_gntalloc_alloc_gref",
-    "IOCTL_GNTALLOC_DEALLOC_GREF": "struct ioctl_gntalloc_dealloc_gref",
-    "IOCTL_GNTALLOC_SET_UNMAP_NOTIFY": "struct ioctl_gntalloc_unmap_notify",
-    "IOCTL_GNTDEV_MAP_GRANT_REF": "struct ioctl_gntdev_map_grant_ref",
-    "IOCTL_GNTDEV_UNMAP_GRANT_REF": "struct ioctl_gntdev_unmap_grant_ref",
-    "IOCTL_GNTDEV_SET_UNMAP_NOTIFY": "struct ioctl_gntdev_unmap_notify",
-}
-# gntalloc and gntdev share the number of SET_UNMAP_NOTIFY; the device disambiguates.
-_NAMES: Final = {
-    (path, getattr(lib, name)): name
-    for name in REQUESTS
-    for path in (EVTCHN, GNTALLOC, GNTDEV)
-    if name.split("_")[1].lower() == os.path.basename(path)
-}
-
-Call = tuple[Any, ...]
-
-
-def _fields(cdecl: str, arg: memoryview) -> dict[str, Any]:
-    """Decode a request struct into {field: value}; variable tails become lists."""
-    view = ffi.from_buffer(f"{cdecl} *", arg)
-    fields: dict[str, Any] = {"size": len(arg)}
-    if cdecl == "struct ioctl_gntalloc_alloc_gref":
-        fields |= {"domid": view.domid, "flags": view.flags, "count": view.count}
-        fields["gref_ids"] = [view.gref_ids[i] for i in range(view.count)]
-    elif cdecl == "struct ioctl_gntdev_map_grant_ref":
-        fields["count"] = view.count
-        fields["refs"] = [(view.refs[i].domid, view.refs[i].ref) for i in range(view.count)]
-    else:
-        for name in ("remote_domain", "remote_port", "port", "index", "count", "action"):
-            if hasattr(view, name):
-                fields[name] = getattr(view, name)
-        if hasattr(view, "event_channel_port"):
-            fields["event_channel_port"] = view.event_channel_port
-    return fields
-
-
-class RecordingMmap(mmap.mmap):
-    """An anonymous mmap that records when it is unmapped (close succeeded)."""
-
-    on_close: Callable[[], None] = staticmethod(lambda: None)
-
-    def close(self) -> None:
-        super().close()
-        self.on_close()
-
-
-class FakeKernel:
-    """Answers the device layer's system calls as Linux's Xen drivers would, recording each.
-
-    Records are tuples: ``("open", path, flags)``, ``("close", path)``, ``("read", path, n)``,
-    ``("write", path, [ports])``, ``("ioctl", path, name, {field: value})``,
-    ``("mmap", path, length, prot, offset)`` and ``("munmap", path, offset)``.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[Call] = []
-        self.paths: dict[int, str] = {}
-        self.pending: dict[int, deque[bytes | OSError]] = {}
-        self.fail: dict[str, OSError] = {}  # ioctl name or "open:<path>" -> error to raise
-        self.maps: list[RecordingMmap] = []
-        self._next_fd = 100
-        self._next_port = 7
-        self._next_index = 0
-        self.syscalls = Syscalls(
-            open=self.open,
-            close=self.close,
-            read=self.read,
-            write=self.write,
-            ioctl=self.ioctl,
-            mmap=self.mmap,
-        )
-
-    def take(self) -> list[Call]:
-        calls, self.calls = self.calls, []
-        return calls
-
-    def open(self, path: str, flags: int) -> int:
-        self.calls.append(("open", path, flags))
-        if f"open:{path}" in self.fail:
-            raise self.fail[f"open:{path}"]
-        fd = self._next_fd
-        self._next_fd += 1
-        self.paths[fd] = path
-        return fd
-
-    def close(self, fd: int) -> None:
-        self.calls.append(("close", self.paths.pop(fd)))
-
-    def read(self, fd: int, size: int) -> bytes:
-        self.calls.append(("read", self.paths[fd], size))
-        queue = self.pending.get(fd)
-        if not queue:
-            raise BlockingIOError(errno.EAGAIN, "nothing pending")
-        item = queue.popleft()
-        if isinstance(item, OSError):
-            raise item
-        return item
-
-    def write(self, fd: int, data: bytes) -> int:
-        ports = list(struct.unpack(f"={len(data) // 4}I", data))
-        self.calls.append(("write", self.paths[fd], ports))
-        return len(data)
-
-    def ioctl(self, fd: int, request: int, arg: memoryview) -> int:
-        path = self.paths[fd]
-        name = _NAMES[path, request]
-        cdecl = REQUESTS[name]
-        self.calls.append(("ioctl", path, name, _fields(cdecl, arg) if cdecl else {}))
-        if name in self.fail:
-            raise self.fail[name]
-        if name.startswith("IOCTL_EVTCHN_BIND"):
-            self._next_port += 1
-            return self._next_port - 1
-        if name == "IOCTL_GNTALLOC_ALLOC_GREF":
-            view = ffi.from_buffer(f"{cdecl} *", arg)
-            view.index = self._allocate_index(view.count)
-            for i in range(view.count):
-                view.gref_ids[i] = 200 + i
-        if name == "IOCTL_GNTDEV_MAP_GRANT_REF":
-            view = ffi.from_buffer(f"{cdecl} *", arg)
-            view.index = self._allocate_index(view.count)
-        return 0
-
-    def _allocate_index(self, count: int) -> int:
-        self._next_index += 0x10000
-        return self._next_index
-
-    def mmap(self, fd: int, length: int, prot: int, offset: int) -> mmap.mmap:
-        path = self.paths[fd]
-        self.calls.append(("mmap", path, length, prot, offset))
-        if "mmap" in self.fail:
-            raise self.fail["mmap"]
-        pages = RecordingMmap(-1, length, prot=prot)
-        pages.on_close = lambda: self.calls.append(("munmap", path, offset))
-        self.maps.append(pages)
-        return pages
-
-    def queue_pending(self, fd: int, *items: bytes | OSError) -> None:
-        self.pending.setdefault(fd, deque()).extend(items)
-
-
-def port_bytes(*ports: int) -> bytes:
-    return struct.pack(f"={len(ports)}I", *ports)
 
 
 @pytest.fixture

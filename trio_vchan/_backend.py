@@ -8,15 +8,21 @@ Event-channel and grant calls are short system calls (or short requests to the s
 so they are synchronous; XenStore is reached through an async byte stream that
 :class:`trio_vchan._xenstore.XenStoreClient` speaks the wire protocol over.
 
-What every backend promises (the contract the handshake and the stream rely on):
+What every backend promises (the contract the handshake and the stream rely on;
+tests/backend_contract.py checks it on the simulated host, on the Linux backend over a model
+kernel, and on real Xen in ``nox -s xen``):
 
 - **Event channels.** A port bound with ``bind_unbound`` waits for one domain to bind it with
   ``bind_interdomain``; events sent before that are dropped. ``fileno()`` is readable while an
   event is pending; events coalesce until ``consume()``, which never blocks and leaves the
   port ready to fire again (an event after it makes ``fileno()`` readable again).
-  ``notify()`` never blocks and is a no-op once the peer closed. When one end closes, or its
-  process or domain dies, the other end is fired once; ``status()`` then says
-  ``PEER_CLOSED`` where the backend can tell (``UNKNOWN`` on Linux).
+  ``notify()`` never blocks and is a no-op once the peer closed; ``status()`` then says
+  ``PEER_CLOSED`` where the backend can tell (``UNKNOWN`` on Linux). A waiter must treat an
+  event as a hint to look, since the backends differ in when they give spurious ones: on Xen
+  a port fresh from ``bind_interdomain`` has an event pending, and an event that arrives while
+  a fired port waits for ``consume()`` is delivered once more after it; the simulated host
+  has neither. When one end closes, or its process dies, the simulated host fires the other
+  end; Xen does not (a peer learns of it from the unmap-notify below).
 - **Shares.** ``share`` gives fresh zeroed pages, one ref per page in page order, that the
   grantee may map writable. ``Share.buffer`` is one writable view of all of them.
 - **Mappings.** ``map`` maps the refs in their order as one contiguous buffer, writable only

@@ -30,7 +30,7 @@ eval "set -- ${PYTEST_ARGS:-}"
 # The device-layer tests first: they need no domU, so they overlap with its boot.
 timeout -k 10 "${PYTEST_TIMEOUT:-600}" "$PY/usr/bin/python3" -m pytest -p no:cacheprovider \
     -v -rs --durations=15 --junitxml=/xenout/junit.xml "$@" \
-    tests/test_linux_backend.py tests/xen/test_real_xen.py
+    tests/test_linux_backend.py tests/test_backend_contract.py tests/xen/test_real_xen.py
 rc=$?
 say "pytest exited with $rc"
 

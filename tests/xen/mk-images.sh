@@ -84,7 +84,8 @@ tar -C "$PREFIX/lib" --exclude=test --exclude=tests --exclude=idlelib --exclude=
 cp -a "$SITE" pyroot/opt/site
 REPO=$(cd "$HERE/../.." && pwd)
 cp "$REPO/pyproject.toml" pyroot/opt/repo/
-cp "$REPO/tests/test_linux_backend.py" pyroot/opt/repo/tests/
+cp "$REPO"/tests/{test_linux_backend,fake_kernel,backend_contract,test_backend_contract}.py \
+    pyroot/opt/repo/tests/
 cp "$HERE"/*.py pyroot/opt/repo/tests/xen/
 
 # -- domU, continued ---------------------------------------------------------------------------
