@@ -32,20 +32,25 @@ _VERSION = re.search(
 assert _VERSION is not None, "trio_vchan/_version.py has no version"
 VERSION = _VERSION.group(1)
 
-CDEF = """
+#: This side's private state, the one argument of every step: in the cdef and the source both.
+STRUCT = """
 struct vchan_end {
     uint8_t *page;
     uint8_t *read_ring;
     uint8_t *write_ring;
     uint32_t read_size;
     uint32_t write_size;
-    uint32_t cons;
-    uint32_t prod;
+    uint32_t cons;  /* our consumer index on the ring we read: private, never read back */
+    uint32_t prod;  /* our producer index on the ring we write: private, never read back */
     uint16_t read_prod, read_cons, write_prod, write_cons;
     uint16_t own_notify, peer_notify, own_live, peer_live;
-    uint8_t max_peer_live;
+    uint8_t max_peer_live;  /* 2 where the peer may still be "waiting" (a client), else 1 */
 };
+"""
 
+CDEF = (
+    STRUCT
+    + """
 const char *trio_vchan_native_version(void);
 uint32_t vchan_load_acquire_u32(const uint8_t *base, size_t offset);
 void vchan_store_release_u32(uint8_t *base, size_t offset, uint32_t value);
@@ -64,9 +69,11 @@ int vchan_commit(struct vchan_end *end, uint32_t count);
 int64_t vchan_request_data(struct vchan_end *end);
 int64_t vchan_request_space(struct vchan_end *end);
 """
+)
 
 #: The body, shared by the shipped module and the checker's stepping build (which defines STEP).
-SOURCE_BODY = r"""
+SOURCE_BODY = (
+    r"""
 #include <stdint.h>
 #include <stddef.h>
 #include <string.h>
@@ -80,20 +87,9 @@ SOURCE_BODY = r"""
 
 #define VCHAN_NOTIFY_WRITE 1
 #define VCHAN_NOTIFY_READ 2
-
-struct vchan_end {
-    uint8_t *page;
-    uint8_t *read_ring;
-    uint8_t *write_ring;
-    uint32_t read_size;
-    uint32_t write_size;
-    uint32_t cons;  /* our consumer index on the ring we read: private, never read back */
-    uint32_t prod;  /* our producer index on the ring we write: private, never read back */
-    uint16_t read_prod, read_cons, write_prod, write_cons;
-    uint16_t own_notify, peer_notify, own_live, peer_live;
-    uint8_t max_peer_live;  /* 2 where the peer may still be "waiting" (a client), else 1 */
-};
-
+"""
+    + STRUCT
+    + r"""
 /* Results of the steps: (count << 9) | (the peer's live byte << 1) | notify, or, when the peer's
    index claims more than a ring's worth in flight (a protocol violation; nothing was touched),
    -1 - that amount. */
@@ -251,6 +247,7 @@ int64_t vchan_request_space(struct vchan_end *end) {
     return space(end);
 }
 """
+)
 
 SOURCE = (
     f'#define TRIO_VCHAN_NATIVE_VERSION "{VERSION}"\n'
