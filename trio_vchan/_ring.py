@@ -89,6 +89,17 @@ _new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new
 _LIVE_FIELD = 0xFF  # bits 1..8 of a step's result
 
 
+def _wrapped(ring: memoryview, index: int, count: int) -> list[memoryview]:
+    """Views of ``count`` bytes of ``ring`` from free-running ``index`` on: two where they wrap
+    around its end, none for 0."""
+    start = index & (len(ring) - 1)
+    first = min(count, len(ring) - start)
+    views = [ring[start : start + first]] if count else []
+    if count > first:
+        views.append(ring[: count - first])
+    return views
+
+
 def _check_ring(ring: memoryview, what: str) -> int:
     size = len(ring)
     if not SMALL_RING_SIZE <= size <= MAX_RING_SIZE or size & (size - 1):
@@ -223,12 +234,7 @@ class RingEndpoint:
         result = self._lib.vchan_peek(self._end)
         count = self._unpack_read(result)
         live = self._live(result)
-        start = self._end.cons & (self.read_size - 1)
-        first = min(count, self.read_size - start)
-        views = [self._read_ring[start : start + first]] if count else []
-        if count > first:
-            views.append(self._read_ring[: count - first])
-        return views, live
+        return _wrapped(self._read_ring, self._end.cons, count), live
 
     def consume(self, count: int) -> bool:
         """Publish that ``count`` bytes of :meth:`readable`'s views were taken; returns whether
@@ -267,12 +273,7 @@ class RingEndpoint:
         result = self._lib.vchan_space(self._end)
         count = self._unpack_write(result)
         live = self._live(result)
-        start = self._end.prod & (self.write_size - 1)
-        first = min(count, self.write_size - start)
-        views = [self._write_ring[start : start + first]] if count else []
-        if count > first:
-            views.append(self._write_ring[: count - first])
-        return views, live
+        return _wrapped(self._write_ring, self._end.prod, count), live
 
     def commit(self, count: int) -> bool:
         """Publish ``count`` bytes written into :meth:`writable`'s views; returns whether to
