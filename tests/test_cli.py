@@ -712,8 +712,16 @@ async def test_proxy_serves_vchan_clients_at_once(
     ):
 
         async def ask(domid: int, question: bytes) -> None:
-            args = ("cat", "--keep-open", "0", "svc")
-            result = await run_cli(domain_environ(sim, domid), *args, stdin=question)
+            # From a file, whose end is there at once: through a pipe, the answer and the close
+            # that ends cat could come before the writer closes the pipe, a close during stdin.
+            path = tmp_path / f"question-{domid}-{len(question)}"
+            path.write_bytes(question)
+            stdin = os.open(path, os.O_RDONLY)
+            try:
+                args = ("cat", "--keep-open", "0", "svc")
+                result = await run_cli(domain_environ(sim, domid), *args, stdin=stdin)
+            finally:
+                os.close(stdin)
             assert (result.returncode, result.stdout) == (0, question.upper()), result.stderr
 
         async with trio.open_nursery() as nursery:
