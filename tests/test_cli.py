@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
@@ -83,7 +84,14 @@ async def cli(
 async def run_cli(
     environ: Mapping[str, str], *args: str, stdin: bytes | Stdio = subprocess.DEVNULL
 ) -> subprocess.CompletedProcess[bytes]:
-    with trio.fail_after(TIMEOUT):
+    """Run the command to its end. Bytes for ``stdin`` come from a file, whose end is there at
+    once: through a pipe, an answer and a close could arrive before the pipe's writer closed
+    it, which the command rightly reports as a close before the end of its input."""
+    with tempfile.TemporaryFile() as given, trio.fail_after(TIMEOUT):
+        if isinstance(stdin, bytes):
+            given.write(stdin)
+            given.seek(0)
+            stdin = given
         return await trio.run_process(
             [*CLI, *args],
             env=dict(environ),
@@ -712,16 +720,8 @@ async def test_proxy_serves_vchan_clients_at_once(
     ):
 
         async def ask(domid: int, question: bytes) -> None:
-            # From a file, whose end is there at once: through a pipe, the answer and the close
-            # that ends cat could come before the writer closes the pipe, a close during stdin.
-            path = tmp_path / f"question-{domid}-{len(question)}"
-            path.write_bytes(question)
-            stdin = os.open(path, os.O_RDONLY)
-            try:
-                args = ("cat", "--keep-open", "0", "svc")
-                result = await run_cli(domain_environ(sim, domid), *args, stdin=stdin)
-            finally:
-                os.close(stdin)
+            args = ("cat", "--keep-open", "0", "svc")
+            result = await run_cli(domain_environ(sim, domid), *args, stdin=question)
             assert (result.returncode, result.stdout) == (0, question.upper()), result.stderr
 
         async with trio.open_nursery() as nursery:
