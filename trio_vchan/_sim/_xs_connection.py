@@ -136,15 +136,26 @@ class Connection:
             if not waited:  # a client whose requests are always there
                 await trio.lowlevel.checkpoint()  # must not keep the others from being served
             waited = False
-            decoder.feed(data)
-            while True:
-                try:
-                    request = decoder.next_message()
-                except ProtocolError:
-                    return  # payload over the limit: C xenstored drops the connection
-                if request is None:
-                    break
-                handle(self, request)
+            if not self._handle_all(decoder, data, handle):
+                return
+
+    def _handle_all(
+        self,
+        decoder: MessageDecoder,
+        data: bytes | bytearray,
+        handle: Callable[[Connection, Message], None],
+    ) -> bool:
+        """Handle every whole request ``data`` completes; False if the client must be dropped
+        (a payload over the limit: C xenstored drops the connection)."""
+        decoder.feed(data)
+        while True:
+            try:
+                request = decoder.next_message()
+            except ProtocolError:
+                return False
+            if request is None:
+                return True
+            handle(self, request)
 
     def _write_pending(self) -> bool:
         """Write what the socket takes of the outbox; False if the client is gone."""
@@ -173,15 +184,8 @@ class Connection:
                 return
             if not data:
                 return
-            decoder.feed(data)
-            while True:
-                try:
-                    request = decoder.next_message()
-                except ProtocolError:
-                    return  # payload over the limit: C xenstored drops the connection
-                if request is None:
-                    break
-                handle(self, request)
+            if not self._handle_all(decoder, data, handle):
+                return
 
     async def _send_loop(
         self, stream: trio.abc.Stream, outbox: trio.MemoryReceiveChannel[bytes]
