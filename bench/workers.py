@@ -21,6 +21,7 @@ measure the handshake (after warm-up connections that absorb process start-up).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -134,27 +135,24 @@ async def message_source(stream: trio_vchan.VchanStream, total: int, write: int)
 
 async def message_sink(stream: trio_vchan.VchanStream, total: int) -> Result:
     """Everything that has arrived into one reused buffer, waiting only when nothing has."""
-    buffer = bytearray(1 << 20)
-    received, start = 0, 0.0
-    while received < total:
-        try:
-            count = stream.receive_into_nowait(buffer)
-        except trio.WouldBlock:
-            count = await stream.receive_into(buffer)
-        if not count:
-            raise EOFError(f"end of stream after {received} of {total} bytes")
-        if not received:
-            start = time.perf_counter()
-        received += count
-    return {"received": received, "seconds": time.perf_counter() - start}
+    return await _sink_into(stream, total, nowait=True)
 
 
 async def sink_into(stream: trio_vchan.VchanStream, total: int) -> Result:
     """The sink with one reused buffer (receive_into): no allocation per chunk."""
+    return await _sink_into(stream, total, nowait=False)
+
+
+async def _sink_into(stream: trio_vchan.VchanStream, total: int, nowait: bool) -> Result:
     buffer = bytearray(1 << 20)
     received, start = 0, 0.0
     while received < total:
-        count = await stream.receive_into(buffer)
+        count = None
+        if nowait:  # what has arrived, without a scheduler pass
+            with contextlib.suppress(trio.WouldBlock):
+                count = stream.receive_into_nowait(buffer)
+        if count is None:
+            count = await stream.receive_into(buffer)
         if not count:
             raise EOFError(f"end of stream after {received} of {total} bytes")
         if not received:
