@@ -11,6 +11,9 @@ its role), with libxenvchan's orderings (``xen_mb``/``xen_rmb``/``xen_wmb``):
   by the caller (into a new ``bytes``, or between the ring and a file descriptor).
 * ``vchan_request_data``/``vchan_request_space``: ask the peer for an event, then look again.
 
+And ``vchan_map_pages``/``vchan_unmap_pages``, ``mmap(2)`` and ``munmap(2)`` for
+:mod:`trio_vchan._pages`: a mapping that keeps no file descriptor open.
+
 Every shared-memory access is preceded by ``STEP(VCHAN_STEP_ACCESS)``, which compiles to nothing
 here; the interleaving checker (tests/test_interleavings.py) compiles this same source with
 ``STEP`` calling back into Python, so that it explores the shipped code step by step.
@@ -68,6 +71,9 @@ int64_t vchan_space(struct vchan_end *end);
 int vchan_commit(struct vchan_end *end, uint32_t count);
 int64_t vchan_request_data(struct vchan_end *end);
 int64_t vchan_request_space(struct vchan_end *end);
+
+void *vchan_map_pages(int fd, size_t length, int prot, int64_t offset);
+int vchan_unmap_pages(void *address, size_t length);
 """
 )
 
@@ -254,6 +260,19 @@ SOURCE = (
     + SOURCE_BODY
     + r"""
 const char *trio_vchan_native_version(void) { return TRIO_VCHAN_NATIVE_VERSION; }
+
+/* mmap(2) and munmap(2) for trio_vchan._pages: unlike Python's mmap module, a mapping made here
+ * keeps no duplicate of the fd (the mapping holds the file; the caller closes its fd). fd -1:
+ * anonymous shared memory. NULL (errno set) on failure. */
+#include <sys/mman.h>
+
+void *vchan_map_pages(int fd, size_t length, int prot, int64_t offset) {
+    int flags = MAP_SHARED | (fd == -1 ? MAP_ANONYMOUS : 0);
+    void *address = mmap(NULL, length, prot, flags, fd, (off_t)offset);
+    return address == MAP_FAILED ? NULL : address;
+}
+
+int vchan_unmap_pages(void *address, size_t length) { return munmap(address, length); }
 """
 )
 

@@ -21,12 +21,12 @@ import mmap
 import os
 import struct
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
 
 from trio_vchan._linux._syscalls import Syscalls
+from trio_vchan._pages import Pages
 from trio_vchan._xen_devices import ffi, lib
 
 EVTCHN: Final = "/dev/xen/evtchn"
@@ -80,16 +80,6 @@ def _fields(cdecl: str, arg: memoryview) -> dict[str, Any]:
     return fields
 
 
-class RecordingMmap(mmap.mmap):
-    """An anonymous mmap that records when it is unmapped (close succeeded)."""
-
-    on_close: Callable[[], None] = staticmethod(lambda: None)
-
-    def close(self) -> None:
-        super().close()
-        self.on_close()
-
-
 class FakeKernel:
     """Answers the device layer's system calls as Linux's Xen drivers would, recording each.
 
@@ -103,7 +93,7 @@ class FakeKernel:
         self.paths: dict[int, str] = {}
         self.pending: dict[int, deque[bytes | OSError]] = {}
         self.fail: dict[str, OSError] = {}  # ioctl name or "open:<path>" -> error to raise
-        self.maps: list[RecordingMmap] = []
+        self.maps: list[Pages] = []  # until released, as a process's mappings
         self._next_fd = 100
         self._next_port = 7
         self._next_index = 0
@@ -171,13 +161,13 @@ class FakeKernel:
         self._next_index += 0x10000
         return self._next_index
 
-    def mmap(self, fd: int, length: int, prot: int, offset: int) -> mmap.mmap:
+    def mmap(self, fd: int, length: int, prot: int, offset: int) -> Pages:
         path = self.paths[fd]
         self.calls.append(("mmap", path, length, prot, offset))
         if "mmap" in self.fail:
             raise self.fail["mmap"]
-        pages = RecordingMmap(-1, length, prot=prot)
-        pages.on_close = lambda: self.calls.append(("munmap", path, offset))
+        unmapped = lambda: self.calls.append(("munmap", path, offset))  # noqa: E731
+        pages = Pages(-1, length, prot, unmapped=unmapped)
         self.maps.append(pages)
         return pages
 
@@ -411,7 +401,7 @@ class ModelKernel(FakeKernel):
             refs.append((self.domid, ref))
         self._regions[view.index] = _Region(GNTALLOC, fd, view.count, refs, memfd)
 
-    def mmap(self, fd: int, length: int, prot: int, offset: int) -> mmap.mmap:
+    def mmap(self, fd: int, length: int, prot: int, offset: int) -> Pages:
         path = self.paths[fd]
         self.calls.append(("mmap", path, length, prot, offset))
         if "mmap" in self.fail:
@@ -421,8 +411,13 @@ class ModelKernel(FakeKernel):
             raise OSError(errno.EINVAL, "Invalid argument")
         if path == GNTDEV:
             self._map_grants(region)
-        pages = RecordingMmap(region.memfd, length, prot=prot, offset=region.first_page * PAGE)
-        pages.on_close = lambda: self.calls.append(("munmap", path, offset))
+        pages = Pages(
+            region.memfd,
+            length,
+            prot,
+            region.first_page * PAGE,
+            unmapped=lambda: self.calls.append(("munmap", path, offset)),
+        )
         self.maps.append(pages)
         return pages
 

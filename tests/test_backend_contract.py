@@ -84,7 +84,7 @@ async def _fake_domains(host: SimulatedHost) -> AsyncIterator[Domains]:
         b.close()
     for kernel in kernels:  # every test closes what it opened: no file or region is left
         for pages in kernel.maps:
-            pages.close()  # what Linux defers while views live: by now they must be gone
+            assert pages.release()  # what Linux defers while views live: by now they are gone
         assert kernel.paths == {}, kernel.paths
         assert kernel.open_regions() == kernel.bound_ports() == 0
 

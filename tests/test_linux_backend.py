@@ -326,7 +326,7 @@ def test_share_close_with_a_live_view_still_gives_the_grants_up(
     ]
     leftover[0] = 5  # still valid memory
     leftover.release()
-    kernel.maps[0].close()  # now nothing exports it any more
+    assert kernel.maps[0].release()  # now nothing exports it any more
     assert kernel.take() == [("munmap", GNTALLOC, 0x10000)]
 
 

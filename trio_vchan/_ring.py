@@ -27,36 +27,9 @@ from __future__ import annotations
 
 from typing import NamedTuple, final
 
-try:
-    from . import _native
-except ImportError:
-    # Python found a trio_vchan without its compiled part: a source tree first on sys.path (a
-    # script run from the clone's root), which says "partially initialized module ... circular
-    # import". Say what it is; an .so that exists but fails to load keeps its own error.
-    import importlib.util
-    import os
-
-    if importlib.util.find_spec(f"{__package__}._native") is not None:
-        raise
-    raise ImportError(
-        f"trio_vchan's native part (trio_vchan._native) is not built in"
-        f" {os.path.dirname(os.path.abspath(__file__))}: Python imported that source tree"
-        " rather than an installed trio-vchan, because it comes first on sys.path (a script"
-        " run from the clone's root, say). Install the package (`pip install .` in the clone)"
-        " and run from outside the source tree, or build the native part into the source"
-        " tree with `pip install -e .`."
-    ) from None  # the original says "most likely due to a circular import": it is not
+from ._compiled import native as _native
 from ._errors import ProtocolError
 from ._layout import MAX_RING_SIZE, OFFSETS, PAGE_SIZE, SMALL_RING_SIZE, Live, Role
-from ._version import __version__
-
-if _native.ffi.string(_native.lib.trio_vchan_native_version()).decode() != __version__:
-    raise ImportError(
-        f"trio_vchan's native part ({_native.__file__}) was built for version"
-        f" {_native.ffi.string(_native.lib.trio_vchan_native_version()).decode()}, but this is"
-        f" trio_vchan {__version__}: reinstall the package (`pip install .`, or `pip install -e .`"
-        " in a clone) so that it is rebuilt"
-    )
 
 # Module attributes, so that tests can run the same code over an instrumented build of the C
 # steps (tests/test_interleavings.py); each RingEndpoint keeps the pair it was made with.

@@ -1,12 +1,11 @@
-"""An mmap of granted pages and the one view of it that a Share or Mapping hands out."""
+"""Mapped grant pages and the one view of it that a Share or Mapping hands out."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, final
 
 if TYPE_CHECKING:
-    import mmap
+    from .._pages import Pages
 
 
 def check_unmap_notify(offset: object, port: object, length: int) -> tuple[int, int]:
@@ -20,31 +19,26 @@ def check_unmap_notify(offset: object, port: object, length: int) -> tuple[int, 
 
 @final
 class MappedRegion:
-    """Owns an mmap of device pages; :meth:`close` releases our view, then unmaps.
+    """Owns mapped device pages; :meth:`close` releases our view, then unmaps.
 
-    Python refuses to unmap while any view of the mmap is alive (so no view ever points at
+    Pages are never unmapped while any view of them is alive (so no view ever points at
     unmapped memory). If someone still holds one when we close, the pages stay mapped until
-    that view is released; CPython unmaps the moment the last one goes, and the kernel then
+    that view is released; they are unmapped the moment the last one goes, and the kernel then
     completes the unshare or unmap (and its unmap-notify) that the caller already requested.
     """
 
-    def __init__(self, pages: mmap.mmap) -> None:
-        self._mmap: mmap.mmap | None = pages
-        self._view = memoryview(pages)
-        self.length = self._view.nbytes
+    def __init__(self, pages: Pages) -> None:
+        self._pages: Pages | None = pages
+        self.length = pages.length
 
     @property
     def buffer(self) -> memoryview:
-        if self._mmap is None:
+        if self._pages is None:
             raise ValueError("these pages were already released")
-        return self._view
+        return self._pages.view
 
     def close(self) -> None:
         """Release our view and unmap (deferred, see the class docstring); idempotent."""
-        if self._mmap is None:
-            return
-        pages, self._mmap = self._mmap, None
-        # BufferError: a view is still exported or alive somewhere; see the class docstring.
-        with contextlib.suppress(BufferError):
-            self._view.release()
-            pages.close()
+        pages, self._pages = self._pages, None
+        if pages is not None:
+            pages.release()  # False: a view is alive, and the last one to go unmaps

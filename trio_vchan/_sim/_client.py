@@ -10,7 +10,8 @@ everything it holds and performs the unmap-notifies.
 
 The fast paths never talk to the host: an :class:`SimEventChannel` holds two eventfds that the
 host created, its own (``fileno()``, what the peer's notifies increment) and the peer's (what
-``notify()`` increments). Pages are memfds mapped with :mod:`mmap`.
+``notify()`` increments). Pages are memfds, mapped (:mod:`trio_vchan._pages`) and closed: a
+mapping holds no fd.
 
 These calls block, so a process that runs the host cannot use them (the host's trio loop
 could not answer): :func:`~trio_vchan.sim.backend_from_environ` gives such a process a
@@ -43,6 +44,7 @@ from .._backend import (
 )
 from .._backend import Mapping as MappingProtocol
 from .._errors import BackendUnavailableError
+from .._pages import Pages
 from ._fds import ANCILLARY_SPACE, close_quietly, received_fds
 from ._proto import (
     ENV_DIR,
@@ -285,7 +287,8 @@ class SimEventChannels(EventChannels):
 
 
 class _Region:
-    """An mmap of pages plus the host handle that keeps them granted or mapped."""
+    """Mapped pages (holding no fd: :class:`~trio_vchan._pages.Pages`) plus the host handle that
+    keeps them granted or mapped."""
 
     def __init__(
         self, transport: Transport, handle: int, fd: int, offset: int, length: int, writable: bool
@@ -294,25 +297,22 @@ class _Region:
         self._handle = handle
         try:
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            self._mmap: mmap.mmap | None = mmap.mmap(
-                fd, length, flags=mmap.MAP_SHARED, prot=prot, offset=offset
-            )
+            self._pages: Pages | None = Pages(fd, length, prot, offset)
         except BaseException:
             self._release_handle()
             raise
         finally:
-            os.close(fd)  # the mmap keeps its own reference to the memory
-        self._view = memoryview(self._mmap)
+            os.close(fd)  # the mapping holds the memory
         self._length = length
 
     @property
     def buffer(self) -> memoryview:
-        if self._mmap is None:
+        if self._pages is None:
             raise ValueError("these pages were already released")
-        return self._view
+        return self._pages.view
 
     def set_unmap_notify(self, offset: int, port: int) -> None:
-        if self._mmap is None:
+        if self._pages is None:
             raise ValueError("these pages were already released")
         if not isinstance(offset, int) or not 0 <= offset < self._length:
             raise ValueError(f"offset must be 0..{self._length - 1}, not {offset!r}")
@@ -326,18 +326,14 @@ class _Region:
         )
 
     def close(self) -> None:
-        if self._mmap is None:
+        if self._pages is None:
             return
-        self._view.release()
-        try:
-            self._mmap.close()
-        except BufferError:
-            self._view = memoryview(self._mmap)
+        if not self._pages.release():
             raise BufferError(
                 "cannot release the pages: views of the buffer are still alive; "
                 "release them (memoryview.release() or del) first"
-            ) from None
-        self._mmap = None
+            )
+        self._pages = None
         self._release_handle()
 
     def _release_handle(self) -> None:
