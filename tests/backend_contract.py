@@ -121,6 +121,26 @@ async def test_notify_makes_the_other_end_readable_both_ways(domains: Domains) -
         server.close()
 
 
+async def test_consume_says_which_ports_fired(domains: Domains) -> None:
+    """Ports of one backend may share an fd (Linux: one evtchn file); consume() names the ones
+    that fired, whichever channel of that fd it is called on."""
+    (first, first_peer), (second, second_peer) = _pair(domains), _pair(domains)
+    try:
+        second_peer.notify()
+        assert readable(second.fileno(), WAIT)
+        shares = first.fileno() == second.fileno()
+        fired = set((first if shares else second).consume())
+        assert fired == {second.port}
+        assert not readable(second.fileno(), 0.1)
+        assert second.port not in set(second.consume())  # taken once, and now unmasked
+        first_peer.notify()
+        assert readable(first.fileno(), WAIT)
+        assert set(first.consume()) == {first.port}
+    finally:
+        for channel in (first_peer, second_peer, first, second):
+            channel.close()
+
+
 async def test_consume_clears_and_the_port_fires_again(domains: Domains) -> None:
     server, client = _pair(domains)
     try:

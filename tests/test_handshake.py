@@ -12,7 +12,7 @@ import os
 import sys
 import textwrap
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -602,8 +602,8 @@ class _BlindChannel:
     def notify(self) -> None:
         self.channel.notify()
 
-    def consume(self) -> None:
-        self.channel.consume()
+    def consume(self) -> Collection[int]:
+        return self.channel.consume()
 
     def status(self) -> ChannelStatus:
         return ChannelStatus.UNKNOWN

@@ -205,8 +205,8 @@ class _Channel:
     def notify(self) -> None:
         self.ctl.notify(self.peer)
 
-    def consume(self) -> None:
-        pass
+    def consume(self) -> tuple[int, ...]:
+        return ()
 
     def fileno(self) -> int:
         return -1

@@ -116,12 +116,19 @@ def test_request_structs_have_the_kernel_layout() -> None:
 # -- event channels --------------------------------------------------------------------------------
 
 OPEN_EVTCHN: Final = ("open", EVTCHN, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+READ_PORTS: Final = ("read", EVTCHN, 4096)
 
 
-def test_bind_unbound_opens_binds_and_unmasks(kernel: FakeKernel) -> None:
-    channel = EvtchnDevice(kernel.syscalls).bind_unbound(3)
+def _events(kernel: FakeKernel) -> EvtchnDevice:
+    """The backend's event channels over a fresh open of the device (taken from the record)."""
+    device = EvtchnDevice(DeviceFile(kernel.syscalls, EVTCHN, os.O_NONBLOCK))
+    assert kernel.take() == [OPEN_EVTCHN]
+    return device
+
+
+def test_bind_unbound_binds_and_unmasks_on_the_backend_file(kernel: FakeKernel) -> None:
+    channel = _events(kernel).bind_unbound(3)
     assert kernel.take() == [
-        OPEN_EVTCHN,
         ("ioctl", EVTCHN, "IOCTL_EVTCHN_BIND_UNBOUND_PORT", {"size": 4, "remote_domain": 3}),
         ("write", EVTCHN, [7]),
     ]
@@ -130,29 +137,32 @@ def test_bind_unbound_opens_binds_and_unmasks(kernel: FakeKernel) -> None:
 
 
 def test_bind_interdomain_names_the_remote_port(kernel: FakeKernel) -> None:
-    channel = EvtchnDevice(kernel.syscalls).bind_interdomain(0, 42)
+    channel = _events(kernel).bind_interdomain(0, 42)
     fields = {"size": 8, "remote_domain": 0, "remote_port": 42}
     assert kernel.take() == [
-        OPEN_EVTCHN,
         ("ioctl", EVTCHN, "IOCTL_EVTCHN_BIND_INTERDOMAIN", fields),
         ("write", EVTCHN, [7]),
     ]
     assert channel.port == 7
 
 
-def test_each_channel_has_its_own_file(kernel: FakeKernel) -> None:
-    device = EvtchnDevice(kernel.syscalls)
-    first, second = device.bind_unbound(1), device.bind_unbound(1)
-    assert first.fileno() != second.fileno()
-    assert (first.port, second.port) == (7, 8)
+def test_every_channel_shares_the_one_file(kernel: FakeKernel) -> None:
+    device = _events(kernel)
+    channels = [device.bind_unbound(1) for _ in range(3)]
+    assert len({channel.fileno() for channel in channels}) == 1
+    assert [channel.port for channel in channels] == [7, 8, 9]
+    assert [call[0] for call in kernel.take()] == ["ioctl", "write"] * 3  # no more opens
 
 
-def test_failed_bind_closes_the_file(kernel: FakeKernel) -> None:
+def test_failed_bind_keeps_the_file_for_the_others(kernel: FakeKernel) -> None:
+    device = _events(kernel)
     kernel.fail["IOCTL_EVTCHN_BIND_INTERDOMAIN"] = OSError(errno.EINVAL, "not offered to us")
     with pytest.raises(OSError, match="not offered") as info:
-        EvtchnDevice(kernel.syscalls).bind_interdomain(2, 5)
+        device.bind_interdomain(2, 5)
     assert info.value.errno == errno.EINVAL
-    assert kernel.take()[-1] == ("close", EVTCHN)
+    assert [call[0] for call in kernel.take()] == ["ioctl"]
+    device.close()  # the failed bind took no reference: the backend's was the last
+    assert kernel.take() == [("close", EVTCHN)]
     assert kernel.paths == {}
 
 
@@ -167,71 +177,86 @@ def test_failed_bind_closes_the_file(kernel: FakeKernel) -> None:
 def test_bind_arguments_are_checked_before_any_call(
     kernel: FakeKernel, call: Callable[[EvtchnDevice], object], message: str
 ) -> None:
+    device = _events(kernel)
     with pytest.raises((TypeError, ValueError), match=message):
-        call(EvtchnDevice(kernel.syscalls))
+        call(device)
     assert kernel.take() == []
 
 
 def test_notify(kernel: FakeKernel) -> None:
-    channel = EvtchnDevice(kernel.syscalls).bind_unbound(3)
+    channel = _events(kernel).bind_unbound(3)
     kernel.take()
     channel.notify()
     assert kernel.take() == [("ioctl", EVTCHN, "IOCTL_EVTCHN_NOTIFY", {"size": 4, "port": 7})]
 
 
-def test_consume_reads_pending_ports_and_writes_them_back(kernel: FakeKernel) -> None:
-    channel = EvtchnDevice(kernel.syscalls).bind_unbound(3)
-    kernel.queue_pending(channel.fileno(), port_bytes(7))
+def test_consume_reads_every_pending_port_and_writes_them_back(kernel: FakeKernel) -> None:
+    device = _events(kernel)
+    first, second = device.bind_unbound(3), device.bind_unbound(4)
+    kernel.queue_pending(first.fileno(), port_bytes(8, 7))
     kernel.take()
-    channel.consume()
-    assert kernel.take() == [("read", EVTCHN, 256), ("write", EVTCHN, [7])]
+    assert second.consume() == [8, 7]  # either channel reads the file's ports, all of them
+    assert kernel.take() == [READ_PORTS, ("write", EVTCHN, [8, 7])]
 
 
 def test_consume_with_nothing_pending_writes_nothing(kernel: FakeKernel) -> None:
-    channel = EvtchnDevice(kernel.syscalls).bind_unbound(3)
+    channel = _events(kernel).bind_unbound(3)
     kernel.take()
-    channel.consume()
-    assert kernel.take() == [("read", EVTCHN, 256)]
+    assert channel.consume() == []
+    assert kernel.take() == [READ_PORTS]
 
 
-def test_consume_after_a_ring_overflow_resets_and_unmasks(kernel: FakeKernel) -> None:
-    channel = EvtchnDevice(kernel.syscalls).bind_unbound(3)
-    kernel.queue_pending(channel.fileno(), OSError(errno.EFBIG, "ring overflow"))
+def test_consume_after_a_ring_overflow_resets_and_unmasks_every_port(kernel: FakeKernel) -> None:
+    device = _events(kernel)
+    channels = [device.bind_unbound(3) for _ in range(3)]
+    channels[1].close()
+    kernel.queue_pending(channels[0].fileno(), OSError(errno.EFBIG, "ring overflow"))
     kernel.take()
-    channel.consume()
+    assert channels[0].consume() == [7, 9]  # any of them may have lost its event
     assert kernel.take() == [
-        ("read", EVTCHN, 256),
+        READ_PORTS,
         ("ioctl", EVTCHN, "IOCTL_EVTCHN_RESET", {}),
-        ("write", EVTCHN, [7]),
+        ("write", EVTCHN, [7, 9]),
     ]
 
 
 def test_consume_lets_other_errors_through(kernel: FakeKernel) -> None:
-    channel = EvtchnDevice(kernel.syscalls).bind_unbound(3)
+    channel = _events(kernel).bind_unbound(3)
     kernel.queue_pending(channel.fileno(), OSError(errno.EIO, "broken"))
     with pytest.raises(OSError, match="broken"):
         channel.consume()
 
 
-def test_close_unbinds_then_closes_once(kernel: FakeKernel) -> None:
-    channel = EvtchnDevice(kernel.syscalls).bind_unbound(3)
+def test_close_unbinds_once_and_the_last_user_closes_the_file(kernel: FakeKernel) -> None:
+    device = _events(kernel)
+    channel, other = device.bind_unbound(3), device.bind_unbound(3)
     kernel.take()
     channel.close()
     channel.close()
-    assert kernel.take() == [
-        ("ioctl", EVTCHN, "IOCTL_EVTCHN_UNBIND", {"size": 4, "port": 7}),
-        ("close", EVTCHN),
-    ]
+    assert kernel.take() == [("ioctl", EVTCHN, "IOCTL_EVTCHN_UNBIND", {"size": 4, "port": 7})]
     assert channel.fileno() == -1
-    channel.consume()  # a no-op once closed
+    assert channel.consume() == []  # a no-op once closed
     with pytest.raises(OSError, match="was closed") as info:
         channel.notify()
     assert info.value.errno == errno.EBADF
+    device.close()  # the backend lets go: the other channel still uses the file
+    device.close()
     assert kernel.take() == []
+    other.notify()
+    other.close()
+    assert kernel.take() == [
+        ("ioctl", EVTCHN, "IOCTL_EVTCHN_NOTIFY", {"size": 4, "port": 8}),
+        ("ioctl", EVTCHN, "IOCTL_EVTCHN_UNBIND", {"size": 4, "port": 8}),
+        ("close", EVTCHN),
+    ]
+    with pytest.raises(ValueError, match="already closed"):
+        device.bind_unbound(3)
 
 
-def test_close_closes_the_file_even_if_unbind_fails(kernel: FakeKernel) -> None:
-    channel = EvtchnDevice(kernel.syscalls).bind_unbound(3)
+def test_close_releases_the_file_even_if_unbind_fails(kernel: FakeKernel) -> None:
+    device = _events(kernel)
+    channel = device.bind_unbound(3)
+    device.close()
     kernel.fail["IOCTL_EVTCHN_UNBIND"] = OSError(errno.EINVAL, "gone")
     kernel.take()
     channel.close()
@@ -499,15 +524,14 @@ def test_open_backend_over_the_xenbus_device(kernel: FakeKernel, tmp_path: Path)
     assert backend.domid == 5
     assert store.requests == [Message(MessageType.READ, 1, 0, b"domid\0")]
     assert kernel.take() == [
-        ("open", EVTCHN, FLAGS),
-        ("close", EVTCHN),
+        OPEN_EVTCHN,  # one file for every event channel of the backend
         ("open", GNTALLOC, FLAGS),
         ("open", GNTDEV, FLAGS),
         ("open", str(device), FLAGS),
     ]
     backend.close()
     backend.close()
-    assert kernel.take() == [("close", GNTALLOC), ("close", GNTDEV)]
+    assert kernel.take() == [("close", EVTCHN), ("close", GNTALLOC), ("close", GNTDEV)]
 
 
 def test_open_backend_over_the_daemon_socket(kernel: FakeKernel, tmp_path: Path) -> None:
@@ -631,16 +655,21 @@ def test_real_event_channel_loopback() -> None:
         server = backend.events.bind_unbound(backend.domid)
         client = backend.events.bind_interdomain(backend.domid, server.port)
         try:
-            assert not _readable(server.fileno(), 0)
+            fd = server.fileno()
+            assert client.fileno() == fd  # one evtchn file for every port of the backend
+            if _readable(fd, 0.2):  # Xen fires a port fresh from bind_interdomain
+                assert client.consume() == [client.port]
+            assert not _readable(fd, 0.2)
             client.notify()
-            assert _readable(server.fileno(), 10)
-            server.consume()
-            assert not _readable(server.fileno(), 0.2)
+            assert _readable(fd, 10)
+            assert client.consume() == [server.port]  # whichever channel reads the file
+            assert not _readable(fd, 0.2)
             server.notify()  # the port is unmasked again and works both ways
-            assert _readable(client.fileno(), 10)
-            client.consume()
+            assert _readable(fd, 10)
+            assert server.consume() == [client.port]
             client.notify()
-            assert _readable(server.fileno(), 10)
+            assert _readable(fd, 10)
+            assert server.consume() == [server.port]
         finally:
             client.close()
             server.close()

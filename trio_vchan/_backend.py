@@ -14,8 +14,11 @@ kernel, and on real Xen in ``nox -s xen``):
 
 - **Event channels.** A port bound with ``bind_unbound`` waits for one domain to bind it with
   ``bind_interdomain``; events sent before that are dropped. ``fileno()`` is readable while an
-  event is pending; events coalesce until ``consume()``, which never blocks and leaves the
-  port ready to fire again (an event after it makes ``fileno()`` readable again).
+  event is pending; events coalesce until ``consume()``, which never blocks, says which ports
+  fired and leaves them ready to fire again (an event after it makes ``fileno()`` readable
+  again). Ports may share one fd: on Linux every port of one ``EventChannels`` reports on its
+  one ``/dev/xen/evtchn`` file, and any of them may consume the others' events (each port its
+  own eventfd on the simulated host).
   ``notify()`` never blocks and is a no-op once the peer closed; ``status()`` then says
   ``PEER_CLOSED`` where the backend can tell (``UNKNOWN`` on Linux). A waiter must treat an
   event as a hint to look, since the backends differ in when they give spurious ones: on Xen
@@ -46,7 +49,7 @@ kernel, and on real Xen in ``nox -s xen``):
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
@@ -72,7 +75,9 @@ class EventChannel(Protocol):
     """One bound event-channel port of this domain.
 
     ``fileno()`` becomes readable when the port has fired (events coalesce: several notifies
-    before a ``consume()`` may be seen as one). Wait on it with ``trio.lowlevel.wait_readable``.
+    before a ``consume()`` may be seen as one), or another port that reports on the same fd
+    (on Linux, every port of one :class:`EventChannels`); :class:`trio_vchan._notify.Notifier`
+    waits on it for all of them.
     """
 
     @property
@@ -86,8 +91,12 @@ class EventChannel(Protocol):
         """Send an event to the remote end (a no-op while nobody is bound there)."""
         ...
 
-    def consume(self) -> None:
-        """Acknowledge pending events and unmask the port; never blocks."""
+    def consume(self) -> Collection[int]:
+        """Take the events pending on ``fileno()`` and unmask their ports; never blocks.
+
+        Returns:
+            The ports that fired: this one, others that share the fd, or none.
+        """
         ...
 
     def status(self) -> ChannelStatus:

@@ -61,6 +61,7 @@ from ._layout import (
     write_grants,
     write_orders,
 )
+from ._notify import Notifier
 from ._ring import RingEndpoint
 from ._xs_wire import validate_path
 
@@ -400,25 +401,29 @@ class ServerPort:
         # often to start the clock: a stalled client is dropped within 1.5 timeouts.
         look = math.inf if timeout is None else max(0.01, min(timeout / 2, 2.5))
         bound_at: float | None = None
-        while True:
-            channel.consume()  # before looking: an event after the look wakes the wait
-            try:
-                live = ring.peer_live()
-            except ProtocolError as exc:
-                raise _ClientFailed(f"the client broke the handshake: {exc}") from exc
-            if live is not Live.WAITING:
-                return
-            status = channel.status()
-            if status is ChannelStatus.PEER_CLOSED:
-                raise _ClientFailed("the client closed its port before setting cli_live")
-            now = trio.current_time()
-            if status is ChannelStatus.CONNECTED and bound_at is None:
-                bound_at = now
-            wait = look if bound_at is None or timeout is None else bound_at + timeout - now
-            if wait <= 0:
-                raise _ClientFailed(f"the client did not complete the handshake in {timeout} s")
-            with trio.move_on_after(wait if status is not ChannelStatus.UNKNOWN else math.inf):
-                await trio.lowlevel.wait_readable(channel.fileno())
+        notifier = Notifier(channel)
+        try:
+            while True:
+                token = notifier.token()  # before looking: an event after the look wakes the wait
+                try:
+                    live = ring.peer_live()
+                except ProtocolError as exc:
+                    raise _ClientFailed(f"the client broke the handshake: {exc}") from exc
+                if live is not Live.WAITING:
+                    return
+                status = channel.status()
+                if status is ChannelStatus.PEER_CLOSED:
+                    raise _ClientFailed("the client closed its port before setting cli_live")
+                now = trio.current_time()
+                if status is ChannelStatus.CONNECTED and bound_at is None:
+                    bound_at = now
+                wait = look if bound_at is None or timeout is None else bound_at + timeout - now
+                if wait <= 0:
+                    raise _ClientFailed(f"the client did not complete the handshake in {timeout} s")
+                with trio.move_on_after(wait if status is not ChannelStatus.UNKNOWN else math.inf):
+                    await notifier.wait(token)
+        finally:
+            notifier.close()
 
     async def aclose(self) -> None:
         """Give back the pages and the claim; remove the empty parents of the path."""

@@ -1,56 +1,87 @@
-"""Event channels over ``/dev/xen/evtchn``: one open file, hence one pollable fd, per channel.
+"""Event channels over ``/dev/xen/evtchn``: one open file for all of a backend's ports.
 
 Linux's evtchn driver queues a port number in the file's ring when the port fires, then masks
 the port until userspace writes the number back. So ``consume()`` reads the pending ports (as
 native ``uint32``) and writes them straight back to unmask them; the file is readable while
-anything is queued, which is what :class:`trio_vchan._notify.Notifier` waits for.
-
-Why a file per channel: the stream waits on ``EventChannel.fileno()`` for *its* events only,
-and a file per channel gives exactly that without a demultiplexing task (libxenvchan also opens
-one evtchn handle per vchan). The cost is one fd per vchan.
+anything is queued. Every port is bound through the one file, as libxenevtchn binds through
+one handle, so a process holds one fd for all its event channels however many vchans it has;
+:class:`trio_vchan._notify.Notifier` hands each port's events to the tasks that wait for it.
 """
 
 from __future__ import annotations
 
+import array
 import errno
-import os
-from typing import Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from .._backend import ChannelStatus, EventChannel, EventChannels, check_domid
 from .._xen_devices import ffi, lib
-from ._syscalls import SYSCALLS, Syscalls
+
+if TYPE_CHECKING:
+    from ._device import DeviceFile
 
 EVTCHN_PATH: Final = "/dev/xen/evtchn"
 # The driver reads and writes ports as evtchn_port_t: a native uint32, like the structs' ports.
 _PORT_TYPE: Final = "unsigned int"
-# The driver queues at most one entry per port until it is unmasked, so with one port per file
-# a few entries are plenty; reading more is harmless.
-_READ_SIZE: Final = 64 * ffi.sizeof(_PORT_TYPE)
+_PORT_SIZE: Final = ffi.sizeof(_PORT_TYPE)
+_PORT_CODE: Final = "I"  # array's code for it
+assert array.array(_PORT_CODE).itemsize == _PORT_SIZE
+# Ports read per call: more stay queued, and the file readable, for the next one.
+_READ_SIZE: Final = 1024 * _PORT_SIZE
 
 
-def _port_bytes(port: int) -> bytes:
-    return bytes(ffi.buffer(ffi.new(f"{_PORT_TYPE} *", port)))
+def _port_bytes(ports: list[int]) -> bytes:
+    return array.array(_PORT_CODE, ports).tobytes()
 
 
-def _request(cdecl: str, **fields: int) -> memoryview:
-    """A zeroed request struct with ``fields`` set, as a writable view for ``ioctl``."""
+def _request(cdecl: str, **fields: int) -> Any:
+    """A zeroed request struct with ``fields`` set."""
     struct = ffi.new(cdecl)
     for name, value in fields.items():
         setattr(struct, name, value)
-    return memoryview(ffi.buffer(struct))
+    return struct
+
+
+@final
+class _Ports:
+    """The evtchn file and the ports bound through it (what an overflow must unmask)."""
+
+    def __init__(self, file: DeviceFile) -> None:
+        self.file = file
+        self.bound: set[int] = set()
+
+    def take_pending(self) -> list[int]:
+        """Read the fired ports and write them back (unmask); never blocks."""
+        sys, fd = self.file.syscalls, self.file.fd
+        try:
+            data = sys.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return []  # nothing pending: a spurious wake-up, or another port's reader was first
+        except OSError as exc:
+            if exc.errno != errno.EFBIG:
+                raise
+            # The driver's ring overflowed and stays stuck until reset. Any port's event may
+            # be among the lost ones, still masked: reset, then unmask and report them all.
+            self.file.ioctl(lib.IOCTL_EVTCHN_RESET, None)
+            ports = sorted(self.bound)
+        else:
+            ports = array.array(_PORT_CODE, data[: len(data) // _PORT_SIZE * _PORT_SIZE]).tolist()
+        if ports:
+            sys.write(fd, _port_bytes(ports))
+        return ports
 
 
 @final
 class LinuxEventChannel(EventChannel):
-    """One bound port on its own open ``/dev/xen/evtchn``."""
+    """One bound port, on its backend's shared ``/dev/xen/evtchn`` file."""
 
-    def __init__(self, syscalls: Syscalls, fd: int, port: int) -> None:
-        self._sys = syscalls
-        self._fd = fd
+    def __init__(self, ports: _Ports, port: int) -> None:
+        self._ports: _Ports | None = ports
         self._port = port
 
     def __repr__(self) -> str:
-        return f"<LinuxEventChannel port {self._port}, fd {self._fd}>"
+        state = "closed" if self._ports is None else f"fd {self._ports.file.fd}"
+        return f"<LinuxEventChannel port {self._port}, {state}>"
 
     @property
     def port(self) -> int:
@@ -58,8 +89,9 @@ class LinuxEventChannel(EventChannel):
         return self._port
 
     def fileno(self) -> int:
-        """The evtchn file, readable while this port has fired; -1 once closed."""
-        return self._fd
+        """The evtchn file (shared with the backend's other ports), readable while a port has
+        fired; -1 once closed."""
+        return -1 if self._ports is None else self._ports.file.fd
 
     def notify(self) -> None:
         """Send an event to the remote end (Xen drops it while nobody is bound there).
@@ -67,60 +99,48 @@ class LinuxEventChannel(EventChannel):
         Raises:
             OSError: ``EBADF`` once this channel is closed.
         """
-        if self._fd < 0:
+        if self._ports is None:
             raise OSError(errno.EBADF, f"event channel port {self._port} was closed")
-        arg = _request("struct ioctl_evtchn_notify *", port=self._port)
-        self._sys.ioctl(self._fd, lib.IOCTL_EVTCHN_NOTIFY, arg)
+        request = _request("struct ioctl_evtchn_notify *", port=self._port)
+        self._ports.file.ioctl(lib.IOCTL_EVTCHN_NOTIFY, request)
 
-    def consume(self) -> None:
-        """Read the pending ports and write them back to unmask them; never blocks."""
-        if self._fd < 0:
-            return
-        try:
-            pending = self._sys.read(self._fd, _READ_SIZE)
-        except BlockingIOError:
-            return  # nothing pending: a spurious wake-up
-        except OSError as exc:
-            if exc.errno != errno.EFBIG:
-                raise
-            # The driver's ring overflowed and stays stuck until reset. Our port's event is
-            # among the lost ones, and the port is still masked: reset, then unmask it.
-            self._sys.ioctl(self._fd, lib.IOCTL_EVTCHN_RESET, memoryview(bytearray()))
-            pending = _port_bytes(self._port)
-        if pending:
-            self._sys.write(self._fd, pending)
+    def consume(self) -> list[int]:
+        """Read the ports pending on the file (any of the backend's) and unmask them; never
+        blocks. Returns them."""
+        return [] if self._ports is None else self._ports.take_pending()
 
     def status(self) -> ChannelStatus:
         """UNKNOWN while open: the device offers no EVTCHNOP_status (that needs privcmd)."""
-        return ChannelStatus.PEER_CLOSED if self._fd < 0 else ChannelStatus.UNKNOWN
+        return ChannelStatus.PEER_CLOSED if self._ports is None else ChannelStatus.UNKNOWN
 
     def close(self) -> None:
-        """Unbind the port and close its file; idempotent."""
-        if self._fd < 0:
+        """Unbind the port; the file closes with its last port and the backend. Idempotent."""
+        ports, self._ports = self._ports, None
+        if ports is None:
             return
-        fd, self._fd = self._fd, -1
+        ports.bound.discard(self._port)
         try:
-            arg = _request("struct ioctl_evtchn_unbind *", port=self._port)
-            self._sys.ioctl(fd, lib.IOCTL_EVTCHN_UNBIND, arg)
+            request = _request("struct ioctl_evtchn_unbind *", port=self._port)
+            ports.file.ioctl(lib.IOCTL_EVTCHN_UNBIND, request)
         except OSError:
             pass  # closing the file unbinds every port bound through it anyway
         finally:
-            self._sys.close(fd)
+            ports.file.release()
 
 
 @final
 class EvtchnDevice(EventChannels):
-    """Binds ports, each on a fresh non-blocking open of ``/dev/xen/evtchn``."""
+    """Binds ports through one open ``/dev/xen/evtchn`` (non-blocking), ``file``."""
 
-    def __init__(self, syscalls: Syscalls = SYSCALLS, path: str = EVTCHN_PATH) -> None:
-        self._sys = syscalls
-        self._path = path
+    def __init__(self, file: DeviceFile) -> None:
+        self._ports = _Ports(file)
+        self._closed = False
 
     def bind_unbound(self, remote_domid: int) -> LinuxEventChannel:
         """Allocate a port that ``remote_domid`` may bind to.
 
         Raises:
-            OSError: the driver or Xen refused (``ENOSPC`` with no free port, ``EMFILE``).
+            OSError: the driver or Xen refused (``ENOSPC`` with no free port).
         """
         check_domid(remote_domid, "remote_domid")
         return self._bind(
@@ -148,17 +168,25 @@ class EvtchnDevice(EventChannels):
             ),
         )
 
-    def _bind(self, request: int, arg: memoryview) -> LinuxEventChannel:
-        fd = self._sys.open(self._path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    def close(self) -> None:
+        """Let go of the file (it closes once the last channel bound through it is closed)."""
+        if not self._closed:
+            self._closed = True
+            self._ports.file.release()
+
+    def _bind(self, request: int, struct: Any) -> LinuxEventChannel:
+        file = self._ports.file
+        file.acquire()  # ValueError once closed
         try:
-            port = self._sys.ioctl(fd, request, arg)  # the new local port is the return value
-            channel = LinuxEventChannel(self._sys, fd, port)
+            port = file.ioctl(request, struct)  # the new local port is the return value
         except BaseException:
-            self._sys.close(fd)
+            file.release()
             raise
+        self._ports.bound.add(port)
+        channel = LinuxEventChannel(self._ports, port)
         try:
             # As libxenvchan: unmask right after binding (harmless if the driver already did).
-            self._sys.write(fd, _port_bytes(port))
+            file.syscalls.write(file.fd, _port_bytes([port]))
         except BaseException:
             channel.close()
             raise

@@ -40,9 +40,9 @@ def _unavailable(path: str, exc: OSError) -> BackendUnavailableError | None:
     return None
 
 
-def _open_device(syscalls: Syscalls, path: str) -> DeviceFile:
+def _open_device(syscalls: Syscalls, path: str, flags: int = 0) -> DeviceFile:
     try:
-        return DeviceFile(syscalls, path)
+        return DeviceFile(syscalls, path, flags)
     except OSError as exc:
         error = _unavailable(path, exc)
         if error is None:
@@ -74,15 +74,27 @@ def open_backend(
             reached or does not say who we are; the message says what to set up.
         OSError: any other failure to open a device (``EMFILE``...).
     """
-    # Event channels open the device once per port; check now that we can open it at all.
-    _open_device(syscalls, EVTCHN_PATH).release()
-    gntalloc = _open_device(syscalls, GNTALLOC_PATH)
+    evtchn = _open_device(syscalls, EVTCHN_PATH, os.O_NONBLOCK)
+    events = EvtchnDevice(evtchn)
+    try:
+        gntalloc = _open_device(syscalls, GNTALLOC_PATH)
+    except BaseException:
+        events.close()
+        raise
     try:
         gntdev = _open_device(syscalls, GNTDEV_PATH)
     except BaseException:
+        events.close()
         gntalloc.release()
         raise
     memory = LinuxGrantMemory(gntalloc, gntdev)
+
+    def close() -> None:
+        try:
+            events.close()
+        finally:
+            memory.close()
+
     try:
         path, is_socket = _locate_xenstore(environ)
 
@@ -96,13 +108,13 @@ def open_backend(
                 f"could not read this domain's id (key 'domid') from XenStore at {path}: {exc}"
             ) from exc
     except BaseException:
-        memory.close()
+        close()
         raise
     return Backend(
         domid=domid,
-        events=EvtchnDevice(syscalls),
+        events=events,
         memory=memory,
         connect_xenstore=connect,
-        close=memory.close,
+        close=close,
         instance=f"xen {path}",
     )

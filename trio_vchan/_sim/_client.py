@@ -184,12 +184,16 @@ class SimEventChannel(EventChannel):
         with contextlib.suppress(BlockingIOError):  # saturated: an event is pending anyway
             os.eventfd_write(self._notify_fd, 1)
 
-    def consume(self) -> None:
-        """Clear the pending events (all notifies so far count as one)."""
+    def consume(self) -> tuple[int, ...]:
+        """Clear the pending events (all notifies so far count as one); ``(port,)`` if there
+        were any, else ``()``."""
         if self._closed:
-            return
-        with contextlib.suppress(BlockingIOError):
+            return ()
+        try:
             os.eventfd_read(self._wait_fd)
+        except BlockingIOError:
+            return ()
+        return (self._port,)
 
     def status(self) -> ChannelStatus:
         """The remote end's state, as the host's EVTCHN_STATUS says (PEER_CLOSED once this end
