@@ -63,8 +63,8 @@ class _ServedDomain:
     """A domain's two listening sockets and the cancel scope of the tasks serving them."""
 
     domid: int
-    xenstore: trio.socket.SocketType
-    platform: trio.socket.SocketType
+    xenstore: socket.socket
+    platform: socket.socket
     cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
 
 
@@ -138,7 +138,7 @@ class SimulatedHost:
         self._domains: dict[int, _ServedDomain] = {}
         self._nursery: trio.Nursery | None = None
         self._stack = contextlib.AsyncExitStack()
-        self._listeners: list[trio.socket.SocketType] = []
+        self._listeners: list[socket.socket] = []
         self._served = 0
         self._platform_connections: collections.Counter[int] = collections.Counter()
         self._refusing: set[int] = set()  # domains at their platform connection limit
@@ -450,17 +450,16 @@ class SimulatedHost:
     def _path(self, name: str) -> Path:
         return self._running_directory() / name
 
-    def _listen(self, path: Path, kind: int) -> trio.socket.SocketType:
-        sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+    def _listen(self, path: Path, kind: int) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
         try:
             sock.bind(os.fspath(path))
             sock.listen(socket.SOMAXCONN)
-            listener = trio.socket.from_stdlib_socket(sock)
         except BaseException:
             sock.close()
             raise
-        self._listeners.append(listener)
-        return listener
+        self._listeners.append(sock)
+        return sock
 
     async def _serve_domain(self, served: _ServedDomain) -> None:
         """Serve a domain's sockets until :meth:`destroy_domain` or the host stops."""
@@ -476,26 +475,30 @@ class SimulatedHost:
             served.xenstore.close()
             served.platform.close()
 
-    async def _accept_loop(
-        self, listener: trio.socket.SocketType, serve: _Server, domid: int
-    ) -> None:
-        """Accept connections and serve each in a child task, until cancelled."""
+    async def _accept_loop(self, listener: socket.socket, serve: _Server, domid: int) -> None:
+        """Accept connections and serve each in a child task, until cancelled.
+
+        On the plain sockets, with trio only to wait (as :meth:`_serve_requests`): every
+        connection waiting is accepted in one pass, and a connection costs no wrapper objects.
+        """
         async with trio.open_nursery() as nursery:
             while True:
                 try:
-                    conn, _ = await listener.accept()
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(listener)
+                    continue
                 except OSError as exc:
                     if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                         log.warning("cannot accept a connection (%s); retrying", exc)
                         await trio.sleep(0.1)
                         continue
                     raise
+                conn.setblocking(False)
                 self._served += 1
                 nursery.start_soon(self._serve_counted, conn, serve, domid)
 
-    async def _serve_counted(
-        self, conn: trio.socket.SocketType, serve: _Server, domid: int
-    ) -> None:
+    async def _serve_counted(self, conn: socket.socket, serve: _Server, domid: int) -> None:
         try:
             with conn:
                 await serve(conn, domid)
@@ -503,14 +506,14 @@ class SimulatedHost:
             self._served -= 1
             self._idle.unpark_all()
 
-    async def _serve_xenstore(self, conn: trio.socket.SocketType, domid: int) -> None:
+    async def _serve_xenstore(self, conn: socket.socket, domid: int) -> None:
         assert self._xenstore is not None
         try:
-            await self._xenstore.handle_connection(trio.SocketStream(conn), domid)
+            await self._xenstore.handle_connection(conn, domid)
         except Exception:
             log.exception("the XenStore server failed on a connection of domain %d", domid)
 
-    async def _serve_platform(self, conn: trio.socket.SocketType, domid: int) -> None:
+    async def _serve_platform(self, conn: socket.socket, domid: int) -> None:
         held = self._platform_connections
         if domid != 0 and held[domid] >= PLATFORM_CONNECTIONS_PER_DOMAIN:
             if domid not in self._refusing:  # once while it is at the limit, not per attempt
@@ -531,7 +534,7 @@ class SimulatedHost:
             self._refusing.discard(domid)
             self._platform.disconnect(client)
 
-    async def _serve_control(self, conn: trio.socket.SocketType, domid: int) -> None:
+    async def _serve_control(self, conn: socket.socket, domid: int) -> None:
         await self._serve_requests(conn, self._control_request)
 
     def _control_request(self, data: bytes) -> Result:
@@ -560,37 +563,36 @@ class SimulatedHost:
             )
         )
 
-    async def _serve_requests(self, conn: trio.socket.SocketType, answer: _Answer) -> None:
-        """Answer ``conn``'s requests until it hangs up.
+    async def _serve_requests(self, sock: socket.socket, answer: _Answer) -> None:
+        """Answer ``sock``'s requests until it hangs up (the caller closes it).
 
         On the plain socket, with trio only to wait: a reply almost always fits the socket's
         buffer at once, and a request is usually waited for once, so each round trip costs one
         pass of the scheduler, not the three of trio's socket methods.
         """
-        with socket.socket(fileno=conn.detach()) as sock:
-            unwaited = 0  # requests answered since this task last let others run
-            while True:
-                try:
-                    data, ancdata, flags, _ = sock.recvmsg(MESSAGE_MAX, ANCILLARY_SPACE)
-                except BlockingIOError:
-                    unwaited = 0
-                    await trio.lowlevel.wait_readable(sock)
-                    continue
-                except OSError:
-                    return
-                result = _answer_message(data, ancdata, flags, answer)
-                if result is None:
-                    return
-                try:
-                    await _send_reply(sock, result)
-                except OSError:
-                    return
-                finally:
-                    close_quietly(result.temporary)
-                unwaited += 1
-                if unwaited == _REQUESTS_BETWEEN_CHECKPOINTS:  # a client that never waits
-                    unwaited = 0  # must not keep the others from being served
-                    await trio.lowlevel.checkpoint()
+        unwaited = 0  # requests answered since this task last let others run
+        while True:
+            try:
+                data, ancdata, flags, _ = sock.recvmsg(MESSAGE_MAX, ANCILLARY_SPACE)
+            except BlockingIOError:
+                unwaited = 0
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError:
+                return
+            result = _answer_message(data, ancdata, flags, answer)
+            if result is None:
+                return
+            try:
+                await _send_reply(sock, result)
+            except OSError:
+                return
+            finally:
+                close_quietly(result.temporary)
+            unwaited += 1
+            if unwaited == _REQUESTS_BETWEEN_CHECKPOINTS:  # a client that never waits
+                unwaited = 0  # must not keep the others from being served
+                await trio.lowlevel.checkpoint()
 
 
 async def _send_reply(sock: socket.socket, result: Result) -> None:
@@ -671,5 +673,5 @@ if TYPE_CHECKING:
 
     from ._fds import Ancillary
 
-    _Server = Callable[[trio.socket.SocketType, int], Awaitable[None]]
+    _Server = Callable[[socket.socket, int], Awaitable[None]]
     _Answer = Callable[[bytes], Result]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import socket
 from collections.abc import Callable
 from typing import Final, final
 
@@ -37,7 +38,7 @@ from .._xs_wire import (
     split_strings,
     validate_path,
 )
-from ._xs_connection import Connection
+from ._xs_connection import Connection, close_stream
 from ._xs_store import (
     ROOT_PERMS,
     Event,
@@ -228,8 +229,9 @@ class XenStoreServer:
         """Every node's path, sorted (for leak checks)."""
         return sorted(self._store.nodes)
 
-    async def handle_connection(self, stream: trio.abc.Stream, domid: int) -> None:
-        """Serve one client, as domain ``domid``, until it hangs up; then close ``stream``.
+    async def handle_connection(self, stream: trio.abc.Stream | socket.socket, domid: int) -> None:
+        """Serve one client, as domain ``domid``, until it hangs up; then close ``stream`` (a
+        stream, or a connected non-blocking socket: the host's own, served without a wrapper).
 
         The client's watches and open transactions end with the connection. Never raises for
         anything the client does: a broken stream or a payload over 4096 bytes just ends the
@@ -246,7 +248,7 @@ class XenStoreServer:
                     domid,
                     CONNECTIONS_PER_DOMAIN,
                 )
-            await trio.aclose_forcefully(stream)
+            await close_stream(stream)
             return
         conn = Connection(domid, self._watch_index)
         self._connections.append(conn)

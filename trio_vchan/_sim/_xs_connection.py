@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
 from collections.abc import Callable
 from typing import Final, final
 
@@ -86,14 +87,15 @@ class Connection:
         self.transactions.clear()
 
     async def serve(
-        self, stream: trio.abc.Stream, handle: Callable[[Connection, Message], None]
+        self, stream: trio.abc.Stream | socket.socket, handle: Callable[[Connection, Message], None]
     ) -> None:
         """Read requests and ``handle`` each, sending what is queued, until the client hangs
-        up, breaks the protocol or is dropped; then close ``stream``."""
+        up, breaks the protocol or is dropped; then close ``stream`` (see :func:`close_stream`)."""
         try:
             with self.cancel_scope:
-                if isinstance(stream, trio.SocketStream):
-                    self._fd = stream.socket.fileno()
+                if isinstance(stream, (socket.socket, trio.SocketStream)):
+                    sock = stream if isinstance(stream, socket.socket) else stream.socket
+                    self._fd = sock.fileno()
                     await self._serve_socket(handle)
                 else:
                     self._outbox, outbox = trio.open_memory_channel[bytes](OUTBOX_MAX)
@@ -109,7 +111,7 @@ class Connection:
             if self._outbox is not None:
                 self._outbox.close()
                 self._outbox = None
-            await trio.aclose_forcefully(stream)
+            await close_stream(stream)
 
     async def _serve_socket(self, handle: Callable[[Connection, Message], None]) -> None:
         decoder = MessageDecoder()
@@ -195,3 +197,12 @@ class Connection:
                 await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.cancel_scope.cancel()
+
+
+async def close_stream(stream: trio.abc.Stream | socket.socket) -> None:
+    """Close a client's stream at once; a plain socket without a pass of the scheduler (no
+    task waits on it any more: only its own serving task did)."""
+    if isinstance(stream, socket.socket):
+        stream.close()
+    else:
+        await trio.aclose_forcefully(stream)
