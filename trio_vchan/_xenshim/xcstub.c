@@ -10,7 +10,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include <xenctrl.h>
+#include "xen_abi.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
