@@ -90,6 +90,7 @@ struct call {
     uint32_t out_max, nout;
     int fds[2];            /* received fds (-1 if none) */
     int nfds;              /* how many fds the reply must carry */
+    int quiet;             /* an error status the caller handles itself: not reported */
 };
 
 /* ---- the process's platform connection --------------------------------------------------- */
@@ -203,7 +204,8 @@ static int transact(int fd, const char *what, struct call *c)
     }
     if (status) {
         close_fds(c->fds, 2);
-        complain("%s: %.*s", what, (int)(n - 4 * HEADER_WORDS), (char *)&buf[HEADER_WORDS]);
+        if (status != (uint32_t)c->quiet)
+            complain("%s: %.*s", what, (int)(n - 4 * HEADER_WORDS), (char *)&buf[HEADER_WORDS]);
         errno = (int)status;
         return -1;
     }
@@ -789,8 +791,9 @@ static struct region *map_refs(xengnttab_handle *xgt, uint32_t count, const uint
     r = new_region(xgt, (size_t)count * PAGE, count);
     if (!r)
         return NULL;
+    /* EINVAL (not consecutive pages of one share) is handled below: map page by page. */
     struct call c = {.op = OP_GNT_MAP, .arg = {domids[0], flags, 0}, .words = refs,
-                     .nwords = count, .nfds = 1};
+                     .nwords = count, .nfds = 1, .quiet = count > 1 ? EINVAL : 0};
     if (request("map grant refs", &c) == 0) {
         /* One mapping of consecutive pages of one share: the usual case. */
         r->handles[r->nhandles++] = c.val[0];
