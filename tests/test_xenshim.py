@@ -209,8 +209,8 @@ async def test_map_grant_refs(
         assert (status, err) == (0, "")
         expected = [f"page {i} {zlib.crc32(contents[d][p]):08x}" for i, (d, p) in enumerate(order)]
         assert out.splitlines() == [*expected, "unmapped"]
-        for i, (domid, page) in enumerate(order):
-            assert shares[domid].buffer[(page + 1) * PAGE - 1] == i + 1
+        for i, (domid, index) in enumerate(order):
+            assert shares[domid].buffer[(index + 1) * PAGE - 1] == i + 1
     finally:
         for share in shares.values():
             share.close()
@@ -231,7 +231,7 @@ async def test_map_grant_refs_says_why_it_failed(gnt_map: Path, sim: SimulatedHo
 async def test_other_calls_fail_with_enosys_and_say_so(gnt_map: Path, sim: SimulatedHost) -> None:
     status, out, err = await run(joined(sim, 3, gnt_map, "others"))
     assert status == 0, err
-    results = {}
+    results: dict[str, list[tuple[int, int]]] = {}
     for line in out.splitlines():
         name, result, number = line.split()
         results.setdefault(name, []).append((int(result), int(number)))
@@ -365,7 +365,18 @@ async def test_a_new_host_runs_a_c_program_with_xen_libs(
         "wait $node; n=$?; [ $n = 0 ] || kill $cat; wait $cat; c=$?; "
         "[ $n = 0 ] && exit $c; exit $((100 + n))"
     )
-    argv = [*SIM, "--domid", str(SERVER), "--xen-libs", "--", "sh", "-c", script, tools.node, *CAT]
+    argv = [
+        *SIM,
+        "--domid",
+        str(SERVER),
+        "--xen-libs",
+        "--",
+        "sh",
+        "-c",
+        script,
+        str(tools.node),
+        *CAT,
+    ]
     assert await run(argv) == (0, "", "")
     data = received.read_bytes()
     assert (len(data), zlib.crc32(data)) == (total, pattern_crc(total, C_SEED))
