@@ -32,10 +32,12 @@ def missing() -> str | None:
     absent = [path.name for path in (SHIM, XCSTUB) if not path.is_file()]
     if not absent:
         return None
+    one = len(absent) == 1
     return (
-        f"{' and '.join(absent)} {'is' if len(absent) == 1 else 'are'} not in {_HERE}: the "
-        "install did not build them; install gcc and reinstall trio-vchan (pip install "
-        "--force-reinstall --no-deps trio-vchan, or pip install . in a checkout)"
+        f"{' and '.join(absent)} {'is' if one else 'are'} not in {_HERE}: the install did "
+        f"not build {'it' if one else 'them'} (that needs a C compiler; pip install -v says "
+        "why it failed); install gcc and reinstall trio-vchan (pip install --force-reinstall "
+        "--no-deps trio-vchan, or pip install . in a checkout)"
     )
 
 
