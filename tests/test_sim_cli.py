@@ -285,12 +285,15 @@ def parse_exports(text: str) -> dict[str, str]:
     return found
 
 
-async def test_background_host_start_use_stop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("domid_from", ["environ", "option"])
+async def test_background_host_start_use_stop(tmp_path: Path, domid_from: str) -> None:
+    """Domain 4 from TRIO_VCHAN_DOMID, or from --domid (which wins over the variable)."""
     where = tmp_path / "sim"
+    option = ["--domid", "4"] if domid_from == "option" else []
     with trio.fail_after(TIMEOUT):  # returns although the host runs on (and holds no pipe)
         result = await trio.run_process(
-            [*CLI, "--dir", os.fspath(where), "--background"],
-            env=clean_env(TRIO_VCHAN_DOMID="4"),
+            [*CLI, "--dir", os.fspath(where), "--background", *option],
+            env=clean_env(TRIO_VCHAN_DOMID="9" if option else "4"),
             capture_stdout=True,
             capture_stderr=True,
             check=False,

@@ -83,7 +83,8 @@ examples:
   trio-vchan sim -- xenstore-read domid       # prints 0
   trio-vchan sim --domid 3 -- xenstore-read domid   # prints 3
   eval "$(trio-vchan sim --dir /tmp/host --background)"   # this shell is now domain 0
-  trio-vchan sim --join --domid 1 --xen-libs -- vchan-socket-proxy 2 data/vchan/demo - &
+  trio-vchan sim --join --domid 1 --xen-libs -- /usr/lib/xen-4.17/bin/vchan-socket-proxy \\
+      -m server 2 /local/domain/1/data/vchan/2/demo - &   # Xen's C program, as domain 1
   trio-vchan cat --domid 2 1 demo             # the proxy's stdin and stdout, as domain 2
   trio-vchan sim --stop                       # stop it again ($TRIO_VCHAN_SIM names it)
   trio-vchan sim --dir /tmp/host              # a host in the foreground, until Ctrl-C
