@@ -3,9 +3,9 @@
  * types and prototypes of <xenevtchn.h>, <xengnttab.h> and <xenctrl.h>, declared here so that
  * the package builds with only a C compiler (no libxen-dev).
  *
- * ABI-compatible by construction, and checked: tests/test_xenshim.py compiles xenshim.c and
- * xcstub.c with the real headers included first (-include xenevtchn.h ...), so that any
- * prototype, typedef or macro here that differs from Xen's is a compile error.
+ * Checked where libxen-dev is installed: tests/test_xenshim.py compiles xenshim.c and xcstub.c
+ * in a unit that includes Xen's own headers first, so that any prototype, typedef or macro here
+ * that differs from Xen's is a conflicting redeclaration, a compile error.
  */
 #ifndef TRIO_VCHAN_XEN_ABI_H
 #define TRIO_VCHAN_XEN_ABI_H
