@@ -1,9 +1,10 @@
 """Xen's own C libxenvchan and vchan-socket-proxy against trio-vchan, on the simulated host.
 
 The C side is ``tests/interop/vchan_node.c`` linked with Debian's unmodified libxenvchan and
-libxenstore, with ``tests/interop/xenshim.c`` preloaded to give libxenvchan its event channels
-and grants from the simulated host (``docs/interop.md``). libxenstore talks to the simulated
-XenStore over its real wire protocol. Domain 1 serves, domain 2 connects, whichever side is C.
+libxenstore, with the package's shim (``trio_vchan/_xenshim``) preloaded to give libxenvchan
+its event channels and grants from the simulated host (``docs/interop.md``). libxenstore talks
+to the simulated XenStore over its real wire protocol. Domain 1 serves, domain 2 connects,
+whichever side is C.
 
 Each C program prints ``connected LEFT RIGHT`` (the ring orders it sees), then ``sent N CRC``
 and ``received N CRC`` (zlib's CRC-32 in hex). Both sides send the pattern of ``vchan_node.c``,

@@ -285,12 +285,15 @@ def parse_exports(text: str) -> dict[str, str]:
     return found
 
 
-async def test_background_host_start_use_stop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("domid_from", ["environ", "option"])
+async def test_background_host_start_use_stop(tmp_path: Path, domid_from: str) -> None:
+    """Domain 4 from TRIO_VCHAN_DOMID, or from --domid (which wins over the variable)."""
     where = tmp_path / "sim"
+    option = ["--domid", "4"] if domid_from == "option" else []
     with trio.fail_after(TIMEOUT):  # returns although the host runs on (and holds no pipe)
         result = await trio.run_process(
-            [*CLI, "--dir", os.fspath(where), "--background"],
-            env=clean_env(TRIO_VCHAN_DOMID="4"),
+            [*CLI, "--dir", os.fspath(where), "--background", *option],
+            env=clean_env(TRIO_VCHAN_DOMID="9" if option else "4"),
             capture_stdout=True,
             capture_stderr=True,
             check=False,
@@ -450,3 +453,104 @@ async def test_bad_names_are_refused(names: list[str], message: str) -> None:
         )
     assert result.returncode == 2
     assert message in result.stderr.decode()
+
+
+# -- --domid, --join and --xen-libs ------------------------------------------------------------
+
+SHOW_ENV = (
+    "import os, sys; print(*(os.environ.get(k, '-') for k in ('TRIO_VCHAN_SIM', "
+    "'TRIO_VCHAN_DOMID', 'XENSTORED_PATH', 'LD_PRELOAD'))); sys.exit(3)"
+)
+
+
+async def test_join_runs_a_command_as_a_domain_of_a_running_host(tmp_path: Path) -> None:
+    """The domain is created; the command gets the host, its domain and its XenStore, and
+    trio-vchan becomes it (its status, and no LD_PRELOAD without --xen-libs)."""
+    where = tmp_path / "sim"
+    async with running_host(where):
+        assert not (where / "domains" / "4").exists()
+        join = [*CLI, "--join", "--dir", os.fspath(where), "--domid", "4", "--"]
+        with trio.fail_after(TIMEOUT):
+            result = await trio.run_process(
+                [*join, sys.executable, *SAFE_PATH, "-c", SHOW_ENV],
+                env=clean_env(TRIO_VCHAN_DOMID="9", XENSTORED_PATH="/elsewhere"),
+                check=False,
+                capture_stdout=True,
+            )
+        assert (where / "domains" / "4" / "platform").is_socket()
+    assert result.returncode == 3
+    assert result.stdout.decode().split() == [
+        os.fspath(where),
+        "4",
+        os.fspath(where / "domains" / "4" / "xenstore"),
+        os.environ.get("LD_PRELOAD", "-"),
+    ]
+
+
+async def test_xen_libs_preload_the_shim_before_an_inherited_preload() -> None:
+    from trio_vchan._xenshim import SHIM, XCSTUB
+
+    with trio.fail_after(TIMEOUT):
+        result = await trio.run_process(
+            [*CLI, "--domid", "2", "--xen-libs", "--", sys.executable, *SAFE_PATH, "-c", SHOW_ENV],
+            env=clean_env(LD_PRELOAD="libc.so.6"),
+            check=False,
+            capture_stdout=True,
+        )
+    assert result.returncode == 3
+    words = result.stdout.decode().split()
+    assert words[1:3] == ["2", os.fspath(Path(words[0]) / "domains" / "2" / "xenstore")]
+    assert words[3] == f"{SHIM}:{XCSTUB}:libc.so.6"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "status", "message"),
+    [
+        (["--join", "--", "true"], {}, 2, "--join needs --dir DIR or TRIO_VCHAN_SIM"),
+        (["--join", "--dir", "{nowhere}", "--", "true"], {}, 1, "no simulated host is running"),
+        (["--join"], {"TRIO_VCHAN_SIM": "{host}"}, 2, "--join needs a COMMAND"),
+        (["--join", "--name", "1=a", "--", "true"], {}, 2, "--name names the domains"),
+        (
+            ["--join", "--", "true"],
+            {"TRIO_VCHAN_SIM": "{host}", "TRIO_VCHAN_DOMID": "x"},
+            2,
+            "TRIO_VCHAN_DOMID must be a decimal domain id, not 'x'",
+        ),
+        (
+            ["--join", "--", "no-such-program"],
+            {"TRIO_VCHAN_SIM": "{host}"},
+            127,
+            "cannot run 'no-such-program'",
+        ),
+        (["--xen-libs", "--", "no-such-program"], {}, 127, "cannot run 'no-such-program'"),
+        (["--xen-libs"], {}, 2, "--xen-libs preloads the shim into a COMMAND"),
+        (["--background", "--xen-libs"], {}, 2, "--xen-libs preloads the shim into a COMMAND"),
+        (["--domid", "3"], {}, 2, "--domid is the domain of COMMAND"),
+        (["--domid", "32752", "--", "true"], {}, 2, "domid must be 0..32751, not 32752"),
+        (["--domid", "two", "--", "true"], {}, 2, "a domain id is a decimal number"),
+    ],
+)
+async def test_join_and_xen_libs_errors(
+    tmp_path: Path, args: list[str], env: dict[str, str], status: int, message: str
+) -> None:
+    where = tmp_path / "sim"
+    names = {"host": os.fspath(where), "nowhere": os.fspath(tmp_path / "none")}
+    args = [arg.format(**names) for arg in args]
+    env = {k: v.format(**names) for k, v in env.items()}
+    async with running_host(where):
+        got, stderr = await sim_cli(*args, env=clean_env(**env))
+    assert got == status, stderr
+    assert message in (stderr if "usage:" in stderr else one_line(stderr))
+
+
+def test_xen_libs_say_when_the_shim_is_not_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trio_vchan import _xenshim
+    from trio_vchan._cli._main import main
+
+    monkeypatch.setattr(_xenshim, "SHIM", tmp_path / "libtrio-vchan-xenshim.so")
+    assert main(["sim", "--xen-libs", "--", "true"]) == 127
+    stderr = capsys.readouterr().err
+    assert "trio-vchan sim: --xen-libs: libtrio-vchan-xenshim.so is not in" in stderr
+    assert "install gcc and reinstall trio-vchan" in stderr

@@ -1,10 +1,9 @@
 """Build the C side of the interoperability tests, and find Xen's vchan-socket-proxy.
 
-- ``libtrio-vchan-xenshim.so`` (xenshim.c): libxenevtchn and libxengnttab/libxengntshr over
-  the simulated host's platform protocol, plus an interposed ``munmap``; loaded with
-  ``LD_PRELOAD`` (docs/interop.md explains why not as same-soname libraries).
-- ``libtrio-vchan-xcstub.so`` (xcstub.c): the three libxenctrl calls that
-  ``vchan-socket-proxy -m client`` makes; preloaded for that program only.
+The programs run on the simulated host with the package's shim preloaded
+(``trio_vchan/_xenshim``: libxenevtchn, libxengnttab/libxengntshr and three libxenctrl calls,
+built when trio-vchan is installed; :attr:`Tools.shim`, :meth:`Tools.environ`). Built here:
+
 - ``vchan-node`` (vchan_node.c): a libxenvchan peer, linked with Debian's libxenvchan and
   libxenstore (used unmodified: libxenstore speaks the real XenStore wire protocol to the
   simulated XenStore's socket, found through ``XENSTORED_PATH``).
@@ -14,7 +13,8 @@
   streams, round trips, file copies), the reference of the throughput benchmarks.
 
 Everything is compiled with ``-Wall -Wextra -Werror``. :func:`missing` says what is not
-installed, so that the tests skip with that reason; a failing compilation is an error.
+installed (or that the installed package lacks its shim), so that the tests skip with that
+reason; a failing compilation is an error.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Final
 
 import attrs
+
+from trio_vchan import _xenshim
 
 HERE: Final = Path(__file__).resolve().parent
 CFLAGS: Final = ("-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror")
@@ -46,13 +48,13 @@ class BuildError(Exception):
 
 @attrs.frozen
 class Tools:
-    """The built files."""
+    """The built files, and the package's shim."""
 
-    shim: Path
-    xcstub: Path
     node: Path
     setup: Path
     bench: Path
+    shim: Path = _xenshim.SHIM
+    xcstub: Path = _xenshim.XCSTUB
 
     def environ(self, sim_environ: Mapping[str, str], *, xenctrl: bool = False) -> dict[str, str]:
         """The environment of a C program joining the simulated host.
@@ -62,22 +64,20 @@ class Tools:
                 ``TRIO_VCHAN_DOMID``).
             xenctrl: also preload the libxenctrl stub (for ``vchan-socket-proxy -m client``).
         """
-        preload = [str(self.shim), *([str(self.xcstub)] if xenctrl else [])]
-        inherited = os.environ.get("LD_PRELOAD")
-        if inherited:
-            preload.append(inherited)
-        domain = Path(sim_environ["TRIO_VCHAN_SIM"]) / "domains" / sim_environ["TRIO_VCHAN_DOMID"]
-        return {
-            **os.environ,
-            **sim_environ,
-            "LD_PRELOAD": ":".join(preload),
-            # The shim sets it too when unset; explicit here, so that an inherited one loses.
-            "XENSTORED_PATH": str(domain / "xenstore"),
-        }
+        return _xenshim.program_environ(
+            os.environ,
+            sim_environ["TRIO_VCHAN_SIM"],
+            int(sim_environ["TRIO_VCHAN_DOMID"]),
+            xen_libs=True,
+            xenctrl=xenctrl,
+        )
 
 
 def missing() -> str | None:
     """Say what the C side needs and does not have (None if everything is there)."""
+    shim = _xenshim.missing()
+    if shim is not None:
+        return shim
     gcc = shutil.which("gcc")
     if gcc is None:
         return f"needs gcc to build the C libxenvchan peer ({PACKAGES})"
@@ -119,22 +119,17 @@ def compile_c(*args: str | os.PathLike[str]) -> None:
 
 
 def build(destination: Path) -> Tools:
-    """Compile the shim, the libxenctrl stub and the C programs into ``destination``.
+    """Compile the C programs into ``destination``.
 
     Raises:
         BuildError: gcc failed (with its output).
     """
     destination.mkdir(parents=True, exist_ok=True)
     tools = Tools(
-        shim=destination / "libtrio-vchan-xenshim.so",
-        xcstub=destination / "libtrio-vchan-xcstub.so",
         node=destination / "vchan-node",
         setup=destination / "vchan-setup",
         bench=destination / "vchan-bench",
     )
-    library = ("-fPIC", "-shared", "-fvisibility=hidden")
-    compile_c(*library, "-o", tools.shim, HERE / "xenshim.c")
-    compile_c(*library, "-o", tools.xcstub, HERE / "xcstub.c")
     compile_c("-o", tools.node, HERE / "vchan_node.c", "-lxenvchan", "-lxenstore")
     compile_c("-pthread", "-o", tools.setup, HERE / "vchan_setup.c", "-lxenvchan", "-lxenstore")
     compile_c("-o", tools.bench, HERE / "vchan_bench.c", "-lxenvchan", "-lxenstore")

@@ -1,5 +1,5 @@
 """The ``trio-vchan sim`` subcommand: run a simulated host, optionally around one command;
-or destroy a domain of a running host."""
+run a command as a domain of a running host; or destroy a domain of a running host."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ import trio
 from .._backend import check_domid
 from .._sim._client import parse_domid
 from .._sim._host import SimulatedHost, check_domain_name
-from .._sim._proto import ENV_DIR, ENV_DOMID, MESSAGE_MAX, Op, Reply, Request, domain_dir
+from .._sim._proto import ENV_DIR, ENV_DOMID, MESSAGE_MAX, Op, Reply, Request
+from .._xenshim import missing as xen_libs_missing
+from .._xenshim import program_environ, xen_environ
+from ._options import domid as domid_type
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,13 +42,23 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 DESCRIPTION = """\
 Run a simulated Xen host in the foreground, printing TRIO_VCHAN_SIM=<dir>, until Ctrl-C or
-SIGTERM stops it; or run COMMAND inside it and exit with COMMAND's status. COMMAND gets
-TRIO_VCHAN_SIM, TRIO_VCHAN_DOMID=0 (unless TRIO_VCHAN_DOMID is set already) and XENSTORED_PATH
-(its domain's XenStore socket, so Xen's own tools such as xenstore-read work unchanged). It
-runs in a session (process group) of its own, to which the host passes on SIGINT and SIGTERM;
-after SIGTERM, a COMMAND still running 2 seconds later gets SIGKILL. When COMMAND has ended,
-whatever is left of its group (jobs it started in the background) gets SIGTERM, then SIGKILL
-2 seconds later, before the host stops.
+SIGTERM stops it; or run COMMAND inside it and exit with COMMAND's status. COMMAND runs as
+domain --domid N (default: $TRIO_VCHAN_DOMID if set, else 0) and gets TRIO_VCHAN_SIM,
+TRIO_VCHAN_DOMID and XENSTORED_PATH (its domain's XenStore socket, so Xen's own tools such as
+xenstore-read work unchanged). It runs in a session (process group) of its own, to which the
+host passes on SIGINT and SIGTERM; after SIGTERM, a COMMAND still running 2 seconds later gets
+SIGKILL. When COMMAND has ended, whatever is left of its group (jobs it started in the
+background) gets SIGTERM, then SIGKILL 2 seconds later, before the host stops.
+
+With --join, run COMMAND as a domain of the host already running at DIR (default:
+$TRIO_VCHAN_SIM) instead: the domain is created if the host does not have it yet, and
+trio-vchan then becomes COMMAND (exec), with the same environment as above.
+
+With --xen-libs, COMMAND (and every program it starts) also gets trio-vchan's libxenevtchn,
+libxengnttab and libxenctrl shim in LD_PRELOAD, before an inherited LD_PRELOAD, so that an
+unmodified C or OCaml program built for Xen (libxenvchan, vchan-socket-proxy, ocaml-vchan) gets
+its event channels and grants from the simulated host. The shim is built when trio-vchan is
+installed; docs/interop.md lists the calls it covers.
 
 With --background, start the host detached and print `export` lines for a shell's `eval`
 (TRIO_VCHAN_SIM, TRIO_VCHAN_DOMID and XENSTORED_PATH, as COMMAND gets them); the host runs on
@@ -68,16 +81,21 @@ examples:
   trio-vchan sim -- sh -c 'trio-vchan cat --domid 2 -l 1 foo > copy &
                            trio-vchan cat --domid 1 2 foo < foo; wait'
   trio-vchan sim -- xenstore-read domid       # prints 0
+  trio-vchan sim --domid 3 -- xenstore-read domid   # prints 3
   eval "$(trio-vchan sim --dir /tmp/host --background)"   # this shell is now domain 0
+  trio-vchan sim --join --domid 1 --xen-libs -- /usr/lib/xen-4.17/bin/vchan-socket-proxy \\
+      -m server 2 /local/domain/1/data/vchan/2/demo - &   # Xen's C program, as domain 1
+  trio-vchan cat --domid 2 1 demo             # the proxy's stdin and stdout, as domain 2
   trio-vchan sim --stop                       # stop it again ($TRIO_VCHAN_SIM names it)
   trio-vchan sim --dir /tmp/host              # a host in the foreground, until Ctrl-C
   trio-vchan sim --dir /tmp/host --destroy 2  # destroy its domain 2
   trio-vchan sim --destroy 2                  # inside a host: TRIO_VCHAN_SIM names it
 
-exit status: with COMMAND, COMMAND's (128+N if a signal N ended it; 127 it cannot be run);
-without, 0 when stopped by SIGINT or SIGTERM; --background: 0 the host runs; --stop: 0
-stopped; --destroy: 0 destroyed, 1 no such domain or domain 0; 1 no host running at DIR
-(--stop, --destroy) or the host failed; 2 a bad command line, or a DIR that cannot be used
+exit status: with COMMAND, COMMAND's (128+N if a signal N ended it; 127 it cannot be run,
+or --xen-libs and the shim is not installed); without, 0 when stopped by SIGINT or SIGTERM;
+--background: 0 the host runs; --stop: 0 stopped; --destroy: 0 destroyed, 1 no such domain or
+domain 0; 1 no host running at DIR (--join, --stop, --destroy) or the host failed; 2 a bad
+command line, or a DIR that cannot be used
 """
 
 #: How long COMMAND (after SIGTERM) and the rest of its group (after it ended) have before SIGKILL.
@@ -92,11 +110,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=(
             "the host's directory (created if absent, else it must be empty; default: a "
-            "private temporary one); with --stop or --destroy, the running host's (default: "
-            "$TRIO_VCHAN_SIM)"
+            "private temporary one); with --join, --stop or --destroy, the running host's "
+            "(default: $TRIO_VCHAN_SIM)"
         ),
     )
     actions = parser.add_mutually_exclusive_group()
+    actions.add_argument(
+        "--join",
+        action="store_true",
+        help="run COMMAND as a domain of the running host rather than in a new one",
+    )
     actions.add_argument(
         "--background",
         action="store_true",
@@ -122,6 +145,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=(
             "give domain DOMID the name NAME in XenStore (/local/domain/DOMID/name), as Xen's "
             "toolstack does; repeatable; domain 0 is Domain-0 unless named"
+        ),
+    )
+    parser.add_argument(
+        "--domid",
+        metavar="N",
+        type=domid_type,
+        help=(
+            "the domain COMMAND runs as (created if the host does not have it), or with "
+            "--background the domain of the exports (default: $TRIO_VCHAN_DOMID, else 0)"
+        ),
+    )
+    parser.add_argument(
+        "--xen-libs",
+        action="store_true",
+        help=(
+            "preload trio-vchan's libxenevtchn/libxengnttab/libxenctrl shim into COMMAND, so "
+            "that unmodified Xen programs (libxenvchan, vchan-socket-proxy) run on the host"
         ),
     )
     parser.add_argument(
@@ -321,23 +361,76 @@ async def _terminate_and_wait(pid: int) -> None:
         os.close(pidfd)
 
 
-def _command_domid() -> int:
-    """COMMAND's domain: ``TRIO_VCHAN_DOMID`` if set, else 0.
+def _command_domid(args: argparse.Namespace) -> int:
+    """COMMAND's domain: ``--domid``, else ``TRIO_VCHAN_DOMID`` if set, else 0.
 
     Raises:
         ValueError: ``TRIO_VCHAN_DOMID`` is not a valid domain id.
     """
+    if args.domid is not None:
+        return int(args.domid)
     text = os.environ.get(ENV_DOMID)
     return parse_domid(text) if text else 0
 
 
-def _xen_environ(directory: str, domid: int) -> dict[str, str]:
-    """What a process of domain ``domid`` gets: ours, and Xen's tools' ``XENSTORED_PATH``."""
-    return {
-        ENV_DIR: directory,
-        ENV_DOMID: str(domid),
-        "XENSTORED_PATH": os.fspath(domain_dir(directory, domid) / "xenstore"),
-    }
+def _usage_problem(args: argparse.Namespace, command: list[str]) -> str | None:
+    """What is wrong with the combination of options (one line), or None."""
+    if args.join and not command:
+        return "--join needs a COMMAND to run (trio-vchan sim --join -- COMMAND ...)"
+    if args.join and args.name:
+        return "--name names the domains of a host being started, not with --join"
+    if args.xen_libs and not command:
+        return (
+            "--xen-libs preloads the shim into a COMMAND; give one after --, or join a "
+            "running host with trio-vchan sim --join --xen-libs -- COMMAND ..."
+        )
+    if args.domid is not None and not command and not args.background:
+        return "--domid is the domain of COMMAND (or, with --background, of the exports)"
+    return None
+
+
+def _cannot_run(command: list[str], exc: OSError) -> int:
+    print(f"trio-vchan sim: cannot run {command[0]!r}: {exc}", file=sys.stderr)
+    return 127
+
+
+def _xen_libs_problem(args: argparse.Namespace) -> int | None:
+    """With ``--xen-libs``, 127 (said why) if the shim is not installed; else None."""
+    problem = xen_libs_missing() if args.xen_libs else None
+    if problem is None:
+        return None
+    print(f"trio-vchan sim: --xen-libs: {problem}", file=sys.stderr)
+    return 127
+
+
+async def _run_join(args: argparse.Namespace, command: list[str]) -> int:
+    """Become COMMAND, as a domain of the running host (which gets the domain first)."""
+    directory = args.dir or os.environ.get(ENV_DIR)
+    if not directory:
+        print(f"trio-vchan sim: --join needs --dir DIR or {ENV_DIR}", file=sys.stderr)
+        return 2
+    try:
+        domid = _command_domid(args)
+    except ValueError as exc:
+        print(f"trio-vchan sim: {exc}", file=sys.stderr)
+        return 2
+    failed = _xen_libs_problem(args)
+    if failed is not None:
+        return failed
+    directory = os.fspath(_absolute(directory))
+    try:
+        await _control_request(directory, Op.INTRODUCE_DOMAIN, domid)
+    except OSError as exc:
+        reason = _no_host_reason(directory, exc) or (exc.strerror or str(exc))
+        print(f"trio-vchan sim: cannot join as domain {domid}: {reason}", file=sys.stderr)
+        return 1
+    env = program_environ(os.environ, directory, domid, xen_libs=args.xen_libs)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(command[0], command, env)
+    except OSError as exc:
+        return _cannot_run(command, exc)
 
 
 async def _run_background(args: argparse.Namespace, command: list[str]) -> int:
@@ -347,7 +440,7 @@ async def _run_background(args: argparse.Namespace, command: list[str]) -> int:
         print("trio-vchan sim: --background takes no COMMAND", file=sys.stderr)
         return 2
     try:
-        domid = _command_domid()
+        domid = _command_domid(args)
     except ValueError as exc:
         print(f"trio-vchan sim: {exc}", file=sys.stderr)
         return 2
@@ -399,7 +492,7 @@ async def _export(directory: str, domid: int) -> int:
         except OSError as exc:
             print(f"trio-vchan sim: cannot create domain {domid}: {exc}", file=sys.stderr)
             return 1
-    for name, value in _xen_environ(directory, domid).items():
+    for name, value in xen_environ(directory, domid).items():
         print(f"export {name}={shlex.quote(value)}")
     return 0
 
@@ -425,6 +518,12 @@ async def run(args: argparse.Namespace) -> int:
     command: list[str] = list(args.command or [])
     if command[:1] == ["--"]:
         command = command[1:]
+    problem = _usage_problem(args, command)
+    if problem is not None:
+        print(f"trio-vchan sim: {problem}", file=sys.stderr)
+        return 2
+    if args.join:
+        return await _run_join(args, command)
     if args.destroy is not None:
         return await _run_destroy(args, command)
     if args.stop:
@@ -434,10 +533,13 @@ async def run(args: argparse.Namespace) -> int:
     domid = 0
     if command:
         try:
-            domid = _command_domid()
+            domid = _command_domid(args)
         except ValueError as exc:
             print(f"trio-vchan sim: {exc}", file=sys.stderr)
             return 2
+        failed = _xen_libs_problem(args)
+        if failed is not None:
+            return failed
     if args.dir:
         problem = _directory_problem(_absolute(args.dir))
         if problem:
@@ -468,7 +570,7 @@ async def run(args: argparse.Namespace) -> int:
                 async for _ in signals:
                     return 0
             host.add_domain(domid)
-            env = {**os.environ, **_xen_environ(host.directory, domid)}
+            env = program_environ(os.environ, host.directory, domid, xen_libs=args.xen_libs)
             async with trio.open_nursery() as nursery:
 
                 async def kill_group_later() -> None:
@@ -490,8 +592,7 @@ async def run(args: argparse.Namespace) -> int:
                         command, env=env, start_new_session=True
                     )
                 except OSError as exc:
-                    print(f"trio-vchan sim: cannot run {command[0]!r}: {exc}", file=sys.stderr)
-                    return 127
+                    return _cannot_run(command, exc)
                 nursery.start_soon(forward_signals)
                 try:
                     status = await process.wait()

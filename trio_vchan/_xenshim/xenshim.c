@@ -3,14 +3,17 @@
  *
  * Theory of operation
  * -------------------
- * Xen's C libxenvchan calls nine libxenevtchn functions and nine libxengnttab/libxengntshr
- * functions (`nm -D --undefined-only libxenvchan.so`). On Linux those open /dev/xen/evtchn,
- * gntdev and gntalloc. This library implements the same functions over the simulated host's
- * platform protocol (docs/sim-protocol.md): SOCK_SEQPACKET requests and replies on
+ * On Linux, libxenevtchn and libxengnttab/libxengntshr open /dev/xen/evtchn, gntdev and
+ * gntalloc. This library defines every function that Xen 4.17's libxenevtchn.so.1 and
+ * libxengnttab.so.1 export (`nm -D`): those a vchan program calls (all that Xen's C
+ * libxenvchan and ocaml-vchan's grant library use) over the simulated host's platform protocol
+ * (docs/sim-protocol.md): SOCK_SEQPACKET requests and replies on
  * $TRIO_VCHAN_SIM/domains/$TRIO_VCHAN_DOMID/platform, with eventfds and memfds coming back as
- * SCM_RIGHTS. It is loaded with LD_PRELOAD (docs/interop.md says why), so it also interposes
- * munmap(): libxenvchan_close() releases the external ring pages with a plain munmap(), which
- * on Linux is what ends a gntalloc share or a gntdev mapping.
+ * SCM_RIGHTS; the others (virqs, grant copies, dma-bufs, ...) fail with ENOSYS and say so on
+ * stderr, rather than reaching the real library, which would fail without /dev/xen. It is
+ * loaded with LD_PRELOAD (docs/interop.md says why), so it also interposes munmap():
+ * libxenvchan_close() releases the external ring pages with a plain munmap(), which on Linux
+ * is what ends a gntalloc share or a gntdev mapping.
  *
  * The whole process shares one platform connection, opened by the first xen*_open() and
  * closed by the last xen*_close(). When the process dies the host sees that one connection
@@ -26,7 +29,8 @@
  * so an event that came in meanwhile is reported again, as Linux's evtchn device does.
  *
  * Grants: a share is a memfd mapped MAP_SHARED; a mapping is the memfd the host returns,
- * mapped at the offset it names. Each region (address, length, host handles) is remembered
+ * mapped at the offset it names. GNT_MAP takes one domain per request, so refs of several
+ * domains (xengnttab_map_grant_refs) are mapped page by page into one reserved range. Each region (address, length, host handles) is remembered
  * until xengntshr_unshare(), xengnttab_unmap(), munmap() or the owner's close releases it.
  *
  * With TRIO_VCHAN_SIM and TRIO_VCHAN_DOMID set, a constructor introduces the domain if the
@@ -51,8 +55,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <xenevtchn.h>
-#include <xengnttab.h>
+#include "xen_abi.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -87,6 +90,7 @@ struct call {
     uint32_t out_max, nout;
     int fds[2];            /* received fds (-1 if none) */
     int nfds;              /* how many fds the reply must carry */
+    int quiet;             /* an error status the caller handles itself: not reported */
 };
 
 /* ---- the process's platform connection --------------------------------------------------- */
@@ -106,6 +110,13 @@ static void complain(const char *fmt, ...)
     va_end(ap);
     fputc('\n', stderr);
     errno = saved;
+}
+
+/* A call the simulated host has nothing for: say so, and fail as an unknown ioctl would. */
+static void unsupported(const char *call)
+{
+    complain("%s is not implemented on the simulated host", call);
+    errno = ENOSYS;
 }
 
 static void close_fds(int *fds, int n)
@@ -193,7 +204,8 @@ static int transact(int fd, const char *what, struct call *c)
     }
     if (status) {
         close_fds(c->fds, 2);
-        complain("%s: %.*s", what, (int)(n - 4 * HEADER_WORDS), (char *)&buf[HEADER_WORDS]);
+        if (status != (uint32_t)c->quiet)
+            complain("%s: %.*s", what, (int)(n - 4 * HEADER_WORDS), (char *)&buf[HEADER_WORDS]);
         errno = (int)status;
         return -1;
     }
@@ -376,9 +388,12 @@ struct port {
     int notify_fd; /* the peer's eventfd */
 };
 
+#define UNRESTRICTED ((uint32_t)-1)
+
 struct xenevtchn_handle {
     int epfd;
     struct port *ports;
+    uint32_t restricted; /* xenevtchn_restrict's domain, or UNRESTRICTED */
 };
 
 static struct port *find_port(xenevtchn_handle *xce, evtchn_port_t number)
@@ -403,6 +418,7 @@ EXPORT xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, unsign
     xce = calloc(1, sizeof *xce);
     if (!xce)
         return NULL;
+    xce->restricted = UNRESTRICTED;
     xce->epfd = epoll_create1(open_flags & XENEVTCHN_NO_CLOEXEC ? 0 : EPOLL_CLOEXEC);
     if (xce->epfd < 0) {
         free(xce);
@@ -493,10 +509,16 @@ static xenevtchn_port_or_error_t bind_port(xenevtchn_handle *xce, struct call *c
     return (xenevtchn_port_or_error_t)p->number;
 }
 
+/* A restricted handle binds only interdomain ports to its domain (Linux's evtchn device). */
 EXPORT xenevtchn_port_or_error_t xenevtchn_bind_unbound_port(xenevtchn_handle *xce,
                                                              uint32_t domid)
 {
     struct call c = {.op = OP_EVTCHN_BIND_UNBOUND, .arg = {domid, 0, 0}};
+
+    if (xce->restricted != UNRESTRICTED) {
+        errno = EACCES;
+        return -1;
+    }
     return bind_port(xce, &c, "bind an unbound port");
 }
 
@@ -505,7 +527,45 @@ EXPORT xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle *xc
                                                             evtchn_port_t remote_port)
 {
     struct call c = {.op = OP_EVTCHN_BIND_INTERDOMAIN, .arg = {domid, remote_port, 0}};
+
+    if (xce->restricted != UNRESTRICTED && xce->restricted != domid) {
+        errno = EACCES;
+        return -1;
+    }
     return bind_port(xce, &c, "bind an interdomain port");
+}
+
+EXPORT int xenevtchn_restrict(xenevtchn_handle *xce, domid_t domid)
+{
+    if (xce->restricted != UNRESTRICTED) {
+        errno = EACCES; /* once only, as Linux */
+        return -1;
+    }
+    if (domid == 0 || domid > 32751) {
+        errno = EINVAL;
+        return -1;
+    }
+    xce->restricted = domid;
+    return 0;
+}
+
+/* The simulated host has no virtual IRQs, and no evtchn device whose fd could be adopted. */
+EXPORT xenevtchn_port_or_error_t xenevtchn_bind_virq(xenevtchn_handle *xce, unsigned int virq)
+{
+    (void)xce;
+    (void)virq;
+    unsupported("xenevtchn_bind_virq");
+    return -1;
+}
+
+EXPORT xenevtchn_handle *xenevtchn_fdopen(struct xentoollog_logger *logger, int fd,
+                                          unsigned open_flags)
+{
+    (void)logger;
+    (void)fd;
+    (void)open_flags;
+    unsupported("xenevtchn_fdopen (open a handle with xenevtchn_open)");
+    return NULL;
 }
 
 EXPORT int xenevtchn_unbind(xenevtchn_handle *xce, evtchn_port_t port)
@@ -682,16 +742,11 @@ static int close_gntdev(struct xengntdev_handle *h)
 
 static int set_unmap_notify(struct region *r, uint32_t offset, evtchn_port_t port)
 {
+    /* -1 for either means "none", as for the host. */
     struct call c = {.op = OP_GNT_SET_UNMAP_NOTIFY, .arg = {r->handles[0], offset, port}};
 
     if (offset == NO_NOTIFY && port == NO_NOTIFY)
         return 0;
-    if (offset == NO_NOTIFY || port == NO_NOTIFY) {
-        /* The host always clears the byte and fires the port together. */
-        complain("an unmap-notify needs both an offset and a port here");
-        errno = EOPNOTSUPP;
-        return -1;
-    }
     return request("set an unmap-notify", &c);
 }
 
@@ -717,12 +772,11 @@ EXPORT int xengnttab_close(xengnttab_handle *xgt)
     return close_gntdev(xgt);
 }
 
-static struct region *map_refs(xengnttab_handle *xgt, uint32_t count, uint32_t domid,
-                               const uint32_t *refs, int prot)
+/* Map `count` refs, ref i of domain domids[same ? 0 : i], into one region. */
+static struct region *map_refs(xengnttab_handle *xgt, uint32_t count, const uint32_t *domids,
+                               int same, const uint32_t *refs, int prot)
 {
     uint32_t flags = prot & PROT_WRITE ? MAP_WRITABLE : 0;
-    struct call c = {.op = OP_GNT_MAP, .arg = {domid, flags, 0}, .words = refs, .nwords = count,
-                     .nfds = 1};
     struct region *r;
     void *addr;
 
@@ -730,9 +784,16 @@ static struct region *map_refs(xengnttab_handle *xgt, uint32_t count, uint32_t d
         errno = EINVAL;
         return NULL;
     }
+    for (uint32_t i = 1; !same && i < count; i++)
+        if (domids[i] != domids[0])
+            goto page_by_page;
+    same = 1;
     r = new_region(xgt, (size_t)count * PAGE, count);
     if (!r)
         return NULL;
+    /* EINVAL (not consecutive pages of one share) is handled below: map page by page. */
+    struct call c = {.op = OP_GNT_MAP, .arg = {domids[0], flags, 0}, .words = refs,
+                     .nwords = count, .nfds = 1, .quiet = count > 1 ? EINVAL : 0};
     if (request("map grant refs", &c) == 0) {
         /* One mapping of consecutive pages of one share: the usual case. */
         r->handles[r->nhandles++] = c.val[0];
@@ -750,14 +811,20 @@ static struct region *map_refs(xengnttab_handle *xgt, uint32_t count, uint32_t d
     }
     if (errno != EINVAL || count == 1)
         goto fail;
-    /* Not consecutive pages of one share: map them one by one into a reserved range. */
+    free(r);
+page_by_page:
+    /* Not consecutive pages of one share, or of several domains (GNT_MAP takes one domain per
+       request): map them one by one into a reserved range. */
+    r = new_region(xgt, (size_t)count * PAGE, count);
+    if (!r)
+        return NULL;
     addr = mmap(NULL, r->length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (addr == MAP_FAILED)
         goto fail;
     r->addr = addr;
     for (uint32_t i = 0; i < count; i++) {
-        struct call one = {.op = OP_GNT_MAP, .arg = {domid, flags, 0}, .words = &refs[i],
-                           .nwords = 1, .nfds = 1};
+        struct call one = {.op = OP_GNT_MAP, .arg = {domids[same ? 0 : i], flags, 0},
+                           .words = &refs[i], .nwords = 1, .nfds = 1};
         void *page;
         if (request("map a grant ref", &one) < 0)
             goto fail;
@@ -779,10 +846,10 @@ fail:;
     return NULL;
 }
 
-EXPORT void *xengnttab_map_domain_grant_refs(xengnttab_handle *xgt, uint32_t count,
-                                             uint32_t domid, uint32_t *refs, int prot)
+static void *map_region(xengnttab_handle *xgt, uint32_t count, const uint32_t *domids, int same,
+                        const uint32_t *refs, int prot)
 {
-    struct region *r = map_refs(xgt, count, domid, refs, prot);
+    struct region *r = map_refs(xgt, count, domids, same, refs, prot);
 
     if (!r)
         return NULL;
@@ -790,17 +857,29 @@ EXPORT void *xengnttab_map_domain_grant_refs(xengnttab_handle *xgt, uint32_t cou
     return r->addr;
 }
 
+EXPORT void *xengnttab_map_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t *domids,
+                                      uint32_t *refs, int prot)
+{
+    return map_region(xgt, count, domids, 0, refs, prot);
+}
+
+EXPORT void *xengnttab_map_domain_grant_refs(xengnttab_handle *xgt, uint32_t count,
+                                             uint32_t domid, uint32_t *refs, int prot)
+{
+    return map_region(xgt, count, &domid, 1, refs, prot);
+}
+
 EXPORT void *xengnttab_map_grant_ref(xengnttab_handle *xgt, uint32_t domid, uint32_t ref,
                                      int prot)
 {
-    return xengnttab_map_domain_grant_refs(xgt, 1, domid, &ref, prot);
+    return map_region(xgt, 1, &domid, 1, &ref, prot);
 }
 
 EXPORT void *xengnttab_map_grant_ref_notify(xengnttab_handle *xgt, uint32_t domid, uint32_t ref,
                                             int prot, uint32_t notify_offset,
                                             evtchn_port_t notify_port)
 {
-    struct region *r = map_refs(xgt, 1, domid, &ref, prot);
+    struct region *r = map_refs(xgt, 1, &domid, 1, &ref, prot);
 
     if (!r)
         return NULL;
@@ -810,6 +889,76 @@ EXPORT void *xengnttab_map_grant_ref_notify(xengnttab_handle *xgt, uint32_t domi
     }
     add_region(r);
     return r->addr;
+}
+
+/* Linux's gntdev has no per-handle limit any more (libxengnttab takes its ENOTTY as success);
+   the host's limits are per domain. */
+EXPORT int xengnttab_set_max_grants(xengnttab_handle *xgt, uint32_t nr_grants)
+{
+    (void)xgt;
+    (void)nr_grants;
+    return 0;
+}
+
+/* No device fd: a handle here is the process's one platform connection, not to be handed out. */
+EXPORT int xengnttab_fd(xengnttab_handle *xgt)
+{
+    (void)xgt;
+    unsupported("xengnttab_fd");
+    return -1;
+}
+
+EXPORT int xengnttab_grant_copy(xengnttab_handle *xgt, uint32_t count,
+                                xengnttab_grant_copy_segment_t *segs)
+{
+    (void)xgt;
+    (void)count;
+    (void)segs;
+    unsupported("xengnttab_grant_copy");
+    return -1;
+}
+
+EXPORT int xengnttab_dmabuf_exp_from_refs(xengnttab_handle *xgt, uint32_t domid, uint32_t flags,
+                                          uint32_t count, const uint32_t *refs, uint32_t *fd)
+{
+    (void)xgt;
+    (void)domid;
+    (void)flags;
+    (void)count;
+    (void)refs;
+    (void)fd;
+    unsupported("xengnttab_dmabuf_exp_from_refs");
+    return -1;
+}
+
+EXPORT int xengnttab_dmabuf_exp_wait_released(xengnttab_handle *xgt, uint32_t fd,
+                                              uint32_t wait_to_ms)
+{
+    (void)xgt;
+    (void)fd;
+    (void)wait_to_ms;
+    unsupported("xengnttab_dmabuf_exp_wait_released");
+    return -1;
+}
+
+EXPORT int xengnttab_dmabuf_imp_to_refs(xengnttab_handle *xgt, uint32_t domid, uint32_t fd,
+                                        uint32_t count, uint32_t *refs)
+{
+    (void)xgt;
+    (void)domid;
+    (void)fd;
+    (void)count;
+    (void)refs;
+    unsupported("xengnttab_dmabuf_imp_to_refs");
+    return -1;
+}
+
+EXPORT int xengnttab_dmabuf_imp_release(xengnttab_handle *xgt, uint32_t fd)
+{
+    (void)xgt;
+    (void)fd;
+    unsupported("xengnttab_dmabuf_imp_release");
+    return -1;
 }
 
 EXPORT int xengnttab_unmap(xengnttab_handle *xgt, void *start_address, uint32_t count)
@@ -828,6 +977,13 @@ EXPORT xengntshr_handle *xengntshr_open(struct xentoollog_logger *logger, unsign
 EXPORT int xengntshr_close(xengntshr_handle *xgs)
 {
     return close_gntdev(xgs);
+}
+
+EXPORT int xengntshr_fd(xengntshr_handle *xgs)
+{
+    (void)xgs;
+    unsupported("xengntshr_fd");
+    return -1;
 }
 
 static struct region *share(xengntshr_handle *xgs, uint32_t domid, int count, uint32_t *refs)

@@ -4,13 +4,15 @@
  * Before connecting, `vchan-socket-proxy -m client` opens libxenctrl (the hypervisor's
  * privcmd device) only to ask, when a XenStore watch fires and the vchan is not up yet,
  * whether the server's domain is dying. The simulated host has no such question to answer:
- * xc_domain_getinfo() fails with EPERM, which the proxy treats as "keep waiting". Preloaded
- * (with xenshim) only for that program; nothing else in the tests uses libxenctrl.
+ * xc_domain_getinfo() fails with EPERM, which the proxy treats as "keep waiting".
+ * `trio-vchan sim --xen-libs` preloads it with xenshim for every program: it is inert for one
+ * that never calls xc_interface_open(), and a program that needs more of libxenctrl cannot run
+ * on the simulated host anyway (docs/interop.md).
  */
 #include <errno.h>
 #include <stdlib.h>
 
-#include <xenctrl.h>
+#include "xen_abi.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
