@@ -257,6 +257,47 @@ async def test_other_calls_fail_with_enosys_and_say_so(gnt_map: Path, sim: Simul
     assert results["xenevtchn_bind_interdomain"] == [(-1, errno.EACCES)]
 
 
+async def test_a_forked_child_holds_its_own_connection(
+    tools: Tools,  # noqa: F811  (built only where Xen's headers are)
+    sim: SimulatedHost,
+    tmp_path: Path,
+) -> None:
+    """The shim keeps its idle platform connection after the last handle closes; a child of
+    fork() must not share it: what the child binds is released when the child dies."""
+    program = tmp_path / "fork-probe"
+    compile_c("-o", program, HERE / "fork_probe.c", "-lxenevtchn")
+    with trio.fail_after(TIMEOUT):
+        process = await trio.lowlevel.open_process(
+            joined(sim, 3, program, 0),
+            env=clean_environ(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdin is not None
+        try:
+            lines = await output_until(process, "child gone")
+            assert lines[0].startswith("child bound ")
+            with trio.move_on_after(5):  # the host sees the child's connection close
+                while sim.leaks():  # noqa: ASYNC110  (the host has no event for it)
+                    await trio.sleep(0.05)
+            assert sim.leaks() == []  # a shared connection would keep the port bound
+        finally:
+            await process.stdin.aclose()
+            assert await process.wait() == 0
+
+
+async def output_until(process: trio.Process, last: str) -> list[str]:
+    """The lines ``process`` prints, up to and including ``last``."""
+    assert process.stdout is not None
+    text = b""
+    while last.encode() + b"\n" not in text:
+        chunk = await process.stdout.receive_some()
+        if not chunk:
+            raise AssertionError(f"ended before printing {last!r}: {text!r}")
+        text += chunk
+    return text.decode().splitlines()
+
+
 # -- Xen's programs against trio-vchan cat -----------------------------------------------------
 
 

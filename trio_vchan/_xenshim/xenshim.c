@@ -15,8 +15,11 @@
  * libxenvchan_close() releases the external ring pages with a plain munmap(), which on Linux
  * is what ends a gntalloc share or a gntdev mapping.
  *
- * The whole process shares one platform connection, opened by the first xen*_open() and
- * closed by the last xen*_close(). When the process dies the host sees that one connection
+ * The whole process shares one platform connection, opened by the first xen*_open() and kept
+ * (idle, holding nothing) after the last xen*_close(), as the next open would only make it
+ * again: libxenvchan opens and closes its handles once per connection, and a new platform
+ * connection costs the host more than the requests on it. A child of fork() makes its own
+ * unless it inherited live handles. When the process dies the host sees that one connection
  * close and releases, in order, every share and mapping (performing the unmap-notifies:
  * clear the live byte, fire the peer) and then every port. Separate connections for the
  * event-channel and grant handles would let the host close the port first, and the peer
@@ -355,11 +358,19 @@ out:
 static void release_connection(void)
 {
     pthread_mutex_lock(&lock);
-    if (conn_users && --conn_users == 0) {
+    if (conn_users)
+        conn_users--; /* the connection stays for the next open (see the top of the file) */
+    pthread_mutex_unlock(&lock);
+}
+
+/* In a child of fork(): an idle connection is the parent's, whose replies would come to
+ * either process; drop our copy, and the next open makes the child its own. */
+static void forget_idle_connection(void)
+{
+    if (conn >= 0 && conn_users == 0) {
         close(conn);
         conn = -1;
     }
-    pthread_mutex_unlock(&lock);
 }
 
 __attribute__((constructor)) static void join_host(void)
@@ -367,6 +378,8 @@ __attribute__((constructor)) static void join_host(void)
     char path[4096];
     uint32_t domid;
     const char *dir;
+
+    pthread_atfork(NULL, NULL, forget_idle_connection);
 
     if (!getenv("TRIO_VCHAN_SIM"))
         return; /* nothing to do before the first call; that call reports the problem */
