@@ -124,8 +124,8 @@ def main() -> None:
     parser.add_argument("after_tree")
     parser.add_argument("after_shim")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from tests.interop.build import compile_c
+    sys.path.insert(0, str(ROOT / "tests"))  # as bench/run.py imports tests/interop
+    from interop.build import compile_c
 
     with tempfile.TemporaryDirectory(prefix="trio-vchan-host-ab-") as directory:
         setup = Path(directory) / "vchan-setup"

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).resolve().parent
 WORKER = str(HERE / "workers.py")
-#: tests/interop: builds the C libxenvchan programs and the shim that runs them on the host.
+#: tests/interop: builds the C libxenvchan programs (the shim that runs them on the host comes
+#: with the package, trio_vchan/_xenshim).
 INTEROP = HERE.parent / "tests"
 SERVER, CLIENT = 1, 2
 KIB, MIB = 1 << 10, 1 << 20
