@@ -11,9 +11,27 @@
 
 from __future__ import annotations
 
+from ._host import HostHarness as HostHarness
+from ._host import simulated_host as simulated_host
+from ._hostile import AttackReport as AttackReport
+from ._hostile import HostilePeer as HostilePeer
+from ._hostile import Mutations as Mutations
+from ._hostile import ServerMisbehaved as ServerMisbehaved
+from ._hostile import attack_server as attack_server
+from ._hostile import hostile_peer as hostile_peer
 from ._pair import vchan_stream_pair as vchan_stream_pair
 
-__all__ = ["vchan_stream_pair"]
+__all__ = [
+    "AttackReport",
+    "HostHarness",
+    "HostilePeer",
+    "Mutations",
+    "ServerMisbehaved",
+    "attack_server",
+    "hostile_peer",
+    "simulated_host",
+    "vchan_stream_pair",
+]
 
 
 def _place_public_names() -> None:

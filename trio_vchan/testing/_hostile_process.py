@@ -1,12 +1,12 @@
 """A hostile vchan peer in its own process: it does the handshake by hand, then scribbles.
 
-    TRIO_VCHAN_SIM=... TRIO_VCHAN_DOMID=... python hostile_peer.py
+    TRIO_VCHAN_SIM=... TRIO_VCHAN_DOMID=... python -m trio_vchan.testing._hostile_process
 
 It never uses trio-vchan's stream or handshake: it speaks to the backend (event channels,
 grants) and to XenStore directly, so it can write whatever it likes into the shared page and
 the rings and send (or withhold) as many events as it likes. It is driven by one JSON command
-per line on stdin and answers each with one JSON line on stdout (``tests/test_hostile_peer.py``
-is the driver):
+per line on stdin and answers each with one JSON line on stdout (:mod:`._hostile` is the
+driver, :class:`trio_vchan.testing.HostilePeer`):
 
 - ``{"op": "serve", "seed": S, "victim": D, "path": P}``: act as the server for domain D at
   XenStore path P. The page is filled in from the seed, usually correctly, sometimes with bad
@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
-from trio_vchan._layout import (
+from .._layout import (
     CLI_LIVE,
     CLI_NOTIFY,
     GRANTS,
@@ -73,13 +73,12 @@ from trio_vchan._layout import (
     ring_pages,
     write_grants,
 )
-from trio_vchan._native import ffi, lib
-from trio_vchan._xenstore import XenStoreClient
-from trio_vchan._xs_wire import Access, Permission
+from .._native import ffi, lib
+from .._xenstore import XenStoreClient
+from .._xs_wire import Access, Permission
 
 if TYPE_CHECKING:
-    from trio_vchan import Backend
-    from trio_vchan._backend import EventChannel, Mapping, Share
+    from .._backend import Backend, EventChannel, Mapping, Share
 
 Json = dict[str, Any]
 U32: Final = 0xFFFF_FFFF
@@ -425,10 +424,12 @@ class Hostile:
                 try:
                     ref = int(await xs.read(f"{path}/ring-ref"))
                     port = int(await xs.read(f"{path}/event-channel"))
+                    # A port that cannot be bound is a withdrawn (or half-replaced)
+                    # advertisement: its server moved on, so wait for the next one.
+                    channel = self.backend.events.bind_interdomain(victim, port)
                     break
                 except OSError:
                     await xs.next_watch_event()
-        channel = self.backend.events.bind_interdomain(victim, port)
         regions: list[Share | Mapping] = []
         try:
             page_map = self.backend.memory.map(victim, [ref], writable=True)
@@ -750,7 +751,7 @@ class Hostile:
 
 
 async def main() -> None:
-    from trio_vchan.sim import backend_from_environ
+    from ..sim import backend_from_environ
 
     hostile = Hostile(backend_from_environ())
     stdin = trio.lowlevel.FdStream(os.dup(0))
