@@ -20,9 +20,12 @@ import attrs
 import trio
 
 from .._handshake import vchan_path
+from .._xenstore import XenStoreClient
 from ..sim import SimulatedHost
 from ._host import HostHarness
 
+#: How soon a server that dropped a connection offers the port afresh (see attack_server).
+OFFER_GRACE: Final = 1.0
 #: A command is answered well within this, or the hostile process hung.
 STEP_TIMEOUT: Final = 60.0
 COMMAND: Final = [sys.executable, "-m", "trio_vchan.testing._hostile_process"]
@@ -55,6 +58,7 @@ class HostilePeer:
     def __init__(self, process: trio.Process, domid: int) -> None:
         self._process = process
         self._buffer = b""
+        self._busy = False  # a command is under way (its caller may have been cancelled)
         self.domid: Final = domid
         """The hostile domain's id."""
 
@@ -70,6 +74,7 @@ class HostilePeer:
         """
         assert self._process.stdin is not None
         assert self._process.stdout is not None
+        self._busy = True
         await self._process.stdin.send_all(json.dumps({"op": op, **args}).encode() + b"\n")
         while b"\n" not in self._buffer:
             chunk = await self._process.stdout.receive_some()
@@ -77,6 +82,7 @@ class HostilePeer:
                 code = await self._process.wait()
                 raise RuntimeError(f"the hostile peer exited with status {code} during {op!r}")
             self._buffer += chunk
+        self._busy = False
         line, self._buffer = self._buffer.split(b"\n", 1)
         reply: dict[str, Any] = json.loads(line)
         return reply
@@ -143,14 +149,16 @@ async def hostile_peer(host: SimulatedHost | HostHarness, domid: int) -> AsyncIt
         stdin=-1,  # subprocess.PIPE
         stdout=-1,
     )
+    peer = HostilePeer(process, domid)
     try:
-        peer = HostilePeer(process, domid)
         with trio.fail_after(STEP_TIMEOUT):
             await peer.call("ping")  # it has joined the host: its connection is in the baseline
         yield peer
     finally:
         assert process.stdin is not None
         assert process.stdout is not None
+        if peer._busy:  # it would finish that command first (waiting for a server, say)
+            process.kill()
         with trio.CancelScope(shield=True), trio.move_on_after(30):
             await process.stdin.aclose()  # end of input: the peer releases everything and exits
             await process.wait()
@@ -221,6 +229,33 @@ async def attack_server(
     if seed is None:
         seed = random.SystemRandom().getrandbits(48)
     path = vchan_path(server_domid, domid, port)
+    sim = host.host if isinstance(host, HostHarness) else host
+    observer = sim.backend(domid)  # reads XenStore as the hostile domain, in this process
+    try:
+        async with XenStoreClient(await observer.connect_xenstore()) as xs:
+            return await _attack(xs, host, server_domid, path, domid, episodes, seed, offer_within)
+    finally:
+        observer.close()
+
+
+async def _offered(xs: XenStoreClient, path: str) -> int | None:
+    """The grant ref of the page advertised at ``path`` now, if any."""
+    try:
+        return int(await xs.read(f"{path}/ring-ref"))
+    except (OSError, ValueError):
+        return None
+
+
+async def _attack(
+    xs: XenStoreClient,
+    host: SimulatedHost | HostHarness,
+    server_domid: int,
+    path: str,
+    domid: int,
+    episodes: int,
+    seed: int,
+    offer_within: float,
+) -> AttackReport:
     seeds = random.Random(seed)
     mutations = 0
     setups: list[list[str]] = []
@@ -232,14 +267,31 @@ async def attack_server(
             f" {len(setups)}, last steps:\n  " + "\n  ".join(log[-20:]) + ")"
         )
 
+    async def dropped_us(ours: int) -> bool:
+        """Whether the server has offered the port afresh, within a moment: then it dropped
+        this connection (a server may offer the same pages again after a broken handshake,
+        resetting them under our mapping), and what it writes now is not this vchan's."""
+        with trio.move_on_after(OFFER_GRACE):
+            async with xs.watching(f"{path}/ring-ref") as changes:
+                while await _offered(xs, path) != ours:
+                    await changes.wait()
+            return True
+        return False
+
     async with hostile_peer(host, domid) as peer:
         for _ in range(episodes + 1):
             episode = random.Random(seeds.getrandbits(64))
             last = len(setups) == episodes  # an honest connection: the server is still there
             with trio.move_on_after(offer_within) as waited:
-                notes = await peer.attach(
-                    server_domid, path, seed=episode.getrandbits(64), honest=last
+                reply = await peer.call(
+                    "attach",
+                    seed=episode.getrandbits(64),
+                    victim=server_domid,
+                    path=path,
+                    honest=last,
                 )
+            notes: list[str] = reply["notes"]
+            ours: int = reply["ref"]
             if waited.cancelled_caught:
                 what = "the attack" if last else f"episode {len(setups) - 1}"
                 raise misbehaved(
@@ -253,19 +305,24 @@ async def attack_server(
                 await peer.end()
                 break
             setups.append(notes)
-            for _ in range(episode.choice([5, 20, 60])):
+            for step in range(episode.choice([5, 20, 60]) + 1):
                 with trio.fail_after(STEP_TIMEOUT):
-                    result = await peer.mutate(episode.choice([1, 1, 2, 3, 5]))
-                mutations += len(result.done)
+                    if step:
+                        result = await peer.mutate(episode.choice([1, 1, 2, 3, 5]))
+                    else:  # what it wrote after the last step
+                        result = await peer.quiet(0)
+                mutations += len(result.done) if step else 0
                 log.append(f"mutations {result.done}")
                 if result.violations:
+                    if await dropped_us(ours):
+                        log.append("the server offered the port afresh")
+                        break
                     raise misbehaved(f"the server wrote outside its fields: {result.violations}")
+                if await _offered(xs, path) == ours:  # it dropped us, and offers our page
+                    log.append("the server offered the port afresh")
+                    break
                 # The server runs meanwhile, here or in another process: give it a moment.
                 await trio.sleep(episode.choice([0, 0.001, 0.005]))
-            with trio.fail_after(STEP_TIMEOUT):
-                result = await peer.quiet(0)  # what it wrote after the last step
-            if result.violations:
-                raise misbehaved(f"the server wrote outside its fields: {result.violations}")
             await peer.end()
             log.append("end")
     return AttackReport(seed, len(setups), mutations, setups)

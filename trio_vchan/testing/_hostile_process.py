@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
+from .._errors import ProtocolError
 from .._layout import (
     CLI_LIVE,
     CLI_NOTIFY,
@@ -414,6 +415,15 @@ class Hostile:
     async def attach(
         self, seed: int, victim: int, path: str, *, honest: bool = False, unmap_notify: bool = True
     ) -> Json:
+        while True:
+            try:
+                return await self._attach_once(seed, victim, path, honest, unmap_notify)
+            except ProtocolError:
+                continue  # that page was refused: the next advertisement
+
+    async def _attach_once(
+        self, seed: int, victim: int, path: str, honest: bool, unmap_notify: bool
+    ) -> Json:
         """Connect to the victim's advertisement at ``path`` by hand (without an unmap-notify
         on ``cli_live`` if asked, as ocaml-vchan connects)."""
         self.rng = rng = random.Random(seed)
@@ -437,7 +447,12 @@ class Hostile:
             if unmap_notify:
                 page_map.set_unmap_notify(CLI_LIVE, channel.port)
             page = page_map.buffer
-            orders = RingOrders(*(int.from_bytes(page[o : o + 2], "little") for o in (16, 18)))
+            try:
+                orders = RingOrders(*(int.from_bytes(page[o : o + 2], "little") for o in (16, 18)))
+            except ProtocolError:  # a page we scribbled on before, offered to us again
+                page[CLI_LIVE] = 7  # neither 0, 1 nor 2: the server drops it, offers a fresh one
+                channel.notify()
+                raise
             refs = [_u32(page, GRANTS + 4 * i) for i in range(orders.left_pages)]
             more = [
                 _u32(page, GRANTS + 4 * (orders.left_pages + i)) for i in range(orders.right_pages)
@@ -466,7 +481,7 @@ class Hostile:
         else:
             notes.append("no event after connecting")
         vchan.take_snapshot()
-        return {"notes": notes, "orders": [orders.left, orders.right]}
+        return {"notes": notes, "orders": [orders.left, orders.right], "ref": ref}
 
     async def _next_advertisement(self, xs: XenStoreClient, path: str) -> tuple[int, int]:
         """The advertisement at ``path`` after the next change there (the first: now)."""
