@@ -13,6 +13,8 @@ from hypothesis import settings
 from trio_vchan.sim import SimulatedHost
 from trio_vchan.testing import simulated_host
 
+pytest_plugins = ["pytester"]  # test_testing_kit runs pytest on files of its own
+
 # Every property test runs at least 200 examples; no per-example deadline on shared machines.
 settings.register_profile("project", max_examples=200, deadline=None)
 settings.load_profile("project")
