@@ -90,11 +90,11 @@ async def test_the_simulated_host_runs_a_server_process_as_a_domain() -> None:
 
 
 async def test_the_simulated_host_reports_what_a_domain_left_behind() -> None:
-    with pytest.raises(AssertionError, match=r"left this behind.*node /local/domain/1/x"):  # noqa: PT012
+    with pytest.raises(AssertionError, match=r"left this behind.*node /local/domain/1/data/x"):  # noqa: PT012
         async with simulated_host() as host:
             xs = XenStoreClient(await host.backend(1).connect_xenstore())
             async with xs:
-                await xs.write("/local/domain/1/x", b"left behind")
+                await xs.write("/local/domain/1/data/x", b"left behind")
 
 
 def test_the_pytest_fixture_comes_from_the_installed_entry_point(
