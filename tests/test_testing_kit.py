@@ -142,9 +142,9 @@ async def test_the_hostile_peer_finds_a_server_that_trusts_the_peers_index(corre
     command = [sys.executable, BROKEN_SERVER, "attacked", "7", *(["--correct"] if correct else [])]
     async with simulated_host() as host:
         await host.start_process(1, command, stderr=-3)  # DEVNULL: the planted crash's traceback
-        if correct:
-            await attack_server(host, 1, "attacked", domid=7, episodes=60, seed=3, offer_within=10)
-        else:
+        if correct:  # the default offer_within: a loaded machine may take its time
+            await attack_server(host, 1, "attacked", domid=7, episodes=60, seed=3)
+        else:  # the crash is seen as a port not offered again: soon, not 30 s
             with pytest.raises(ServerMisbehaved, match="crashed"):
                 await attack_server(
                     host, 1, "attacked", domid=7, episodes=60, seed=3, offer_within=10

@@ -82,8 +82,9 @@ class HostHarness:
         """Start ``command`` as domain ``domid`` in the background and return it at once.
 
         ``env`` and ``options`` are as for :meth:`run_process`, except that ``check`` is False
-        unless given (with ``check=True`` a failure ends the host's block with
-        :class:`subprocess.CalledProcessError`). A process still running when the block
+        unless given (with ``check=True`` a failure ends the host's block with an
+        :class:`ExceptionGroup` holding :class:`subprocess.CalledProcessError`, as trio's
+        nurseries raise). A process still running when the block
         ends gets SIGTERM (SIGKILL :data:`TERMINATE_GRACE` seconds later), and its domain is
         destroyed, as a toolstack stops a domain: what it held then is not a leak.
         """
@@ -139,6 +140,7 @@ async def simulated_host(
     Raises:
         AssertionError: something was left behind (the message lists it).
     """
+    leaks: list[str] = []
     async with SimulatedHost(names=names) as host:
         harness = HostHarness(host)
         try:
@@ -152,7 +154,8 @@ async def simulated_host(
             with trio.fail_after(IDLE_TIMEOUT):
                 await host.wait_idle()
             leaks = host.leaks()
-            if leaks:
-                raise AssertionError(
-                    "the domains left this behind on the simulated host: " + "; ".join(leaks)
-                )
+    # Raised outside the host's block, whose nursery would wrap it in an ExceptionGroup.
+    if leaks:
+        raise AssertionError(
+            "the domains left this behind on the simulated host: " + "; ".join(leaks)
+        )

@@ -25,7 +25,7 @@ from ..sim import SimulatedHost
 from ._host import HostHarness
 
 #: How soon a server that dropped a connection offers the port afresh (see attack_server).
-OFFER_GRACE: Final = 1.0
+OFFER_GRACE: Final = 5.0
 #: A command is answered well within this, or the hostile process hung.
 STEP_TIMEOUT: Final = 60.0
 COMMAND: Final = [sys.executable, "-m", "trio_vchan.testing._hostile_process"]

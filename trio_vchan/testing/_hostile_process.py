@@ -447,24 +447,29 @@ class Hostile:
             if unmap_notify:
                 page_map.set_unmap_notify(CLI_LIVE, channel.port)
             page = page_map.buffer
+            # A server offers the pages of a broken handshake again, reset; but this domain
+            # may still have been scribbling on them after the reset (the last episode's
+            # mutations, before it saw the new offer), so its orders or grant refs may be
+            # ours: refuse such a page as a client must.
             try:
                 orders = RingOrders(*(int.from_bytes(page[o : o + 2], "little") for o in (16, 18)))
-            except ProtocolError:  # a page we scribbled on before, offered to us again
+                refs = [_u32(page, GRANTS + 4 * i) for i in range(orders.left_pages)]
+                more = [
+                    _u32(page, GRANTS + 4 * (orders.left_pages + i))
+                    for i in range(orders.right_pages)
+                ]
+                rings = []
+                for order, ring_refs in ((orders.left, refs), (orders.right, more)):
+                    if order < PAGE_SHIFT:
+                        rings.append(in_page_ring(page, order))
+                    else:
+                        mapping = self.backend.memory.map(victim, ring_refs, writable=True)
+                        regions.append(mapping)
+                        rings.append(mapping.buffer[: 1 << order])
+            except (ProtocolError, OSError) as exc:
                 page[CLI_LIVE] = 7  # neither 0, 1 nor 2: the server drops it, offers a fresh one
                 channel.notify()
-                raise
-            refs = [_u32(page, GRANTS + 4 * i) for i in range(orders.left_pages)]
-            more = [
-                _u32(page, GRANTS + 4 * (orders.left_pages + i)) for i in range(orders.right_pages)
-            ]
-            rings = []
-            for order, ring_refs in ((orders.left, refs), (orders.right, more)):
-                if order < PAGE_SHIFT:
-                    rings.append(in_page_ring(page, order))
-                else:
-                    mapping = self.backend.memory.map(victim, ring_refs, writable=True)
-                    regions.append(mapping)
-                    rings.append(mapping.buffer[: 1 << order])
+                raise ProtocolError(f"refused the page offered at {path}: {exc}") from exc
             vchan = _Vchan(Role.CLIENT, page, rings[0], rings[1], orders, channel, regions, True)
         except BaseException:
             for region in reversed(regions):
