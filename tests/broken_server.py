@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -33,7 +34,7 @@ def set_u32(page: memoryview, offset: int, value: int) -> None:
     page[offset : offset + 4] = (value & MASK).to_bytes(4, "little")
 
 
-def make_echo(correct: bool):  # type: ignore[no-untyped-def]
+def make_echo(correct: bool) -> Callable[[trio_vchan.VchanStream], Awaitable[None]]:
     async def echo(stream: trio_vchan.VchanStream) -> None:
         page = stream._endpoint.regions[0].buffer
         left = stream._endpoint.regions[1].buffer
@@ -70,8 +71,9 @@ def make_echo(correct: bool):  # type: ignore[no-untyped-def]
 
 async def main(port: str, client: int, correct: bool) -> None:
     print("serving", flush=True)
-    sizes = {"read_size": LEFT_SIZE, "write_size": 1024}
-    await trio_vchan.serve_vchan(make_echo(correct), [client], port, **sizes)
+    await trio_vchan.serve_vchan(
+        make_echo(correct), [client], port, read_size=LEFT_SIZE, write_size=1024
+    )
 
 
 if __name__ == "__main__":
