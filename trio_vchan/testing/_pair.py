@@ -22,8 +22,7 @@ from .._backend import Backend, check_domid
 from .._handshake import connect_directly, vchan_path
 from .._layout import Role, choose_orders
 from .._sim._client import hello, make_backend
-from .._sim._host import _LocalTransport
-from .._sim._host_state import PlatformState
+from .._sim._host_state import LocalTransport, PlatformState
 from .._stream import VchanStream
 
 
@@ -36,7 +35,7 @@ async def _no_xenstore() -> trio.abc.Stream:
 
 def _domain(platform: PlatformState, domid: int) -> Backend:
     platform.add_domain(domid)
-    transport = _LocalTransport(platform, platform.connect(domid))
+    transport = LocalTransport(platform, platform.connect(domid))
     hello(transport)
     backend = make_backend(domid, transport, Path(os.devnull))  # its XenStore is replaced:
     return attrs.evolve(backend, connect_xenstore=_no_xenstore, instance="vchan_stream_pair")
