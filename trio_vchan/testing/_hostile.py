@@ -59,8 +59,12 @@ class HostilePeer:
         self._process = process
         self._buffer = b""
         self._busy = False  # a command is under way (its caller may have been cancelled)
-        self.domid: Final = domid
+        self._domid = domid
+
+    @property
+    def domid(self) -> int:
         """The hostile domain's id."""
+        return self._domid
 
     async def call(self, op: str, **args: Any) -> dict[str, Any]:
         """Send one command of the hostile process's protocol and return its reply.
@@ -282,7 +286,8 @@ async def _attack(
         for _ in range(episodes + 1):
             episode = random.Random(seeds.getrandbits(64))
             last = len(setups) == episodes  # an honest connection: the server is still there
-            with trio.move_on_after(offer_within) as waited:
+            reply = None
+            with trio.move_on_after(offer_within):
                 reply = await peer.call(
                     "attach",
                     seed=episode.getrandbits(64),
@@ -290,9 +295,7 @@ async def _attack(
                     path=path,
                     honest=last,
                 )
-            notes: list[str] = reply["notes"]
-            ours: int = reply["ref"]
-            if waited.cancelled_caught:
+            if reply is None:
                 what = "the attack" if last else f"episode {len(setups) - 1}"
                 raise misbehaved(
                     f"the server did not offer {path} again within {offer_within} s after {what}:"
@@ -300,6 +303,8 @@ async def _attack(
                     if setups
                     else f"the server did not offer {path} within {offer_within} s"
                 )
+            notes: list[str] = reply["notes"]
+            ours: int = reply["ref"]
             log.append(f"attach: {notes or 'honest setup'}")
             if last:
                 await peer.end()
