@@ -84,9 +84,9 @@ class HostHarness:
         ``env`` and ``options`` are as for :meth:`run_process`, except that ``check`` is False
         unless given (with ``check=True`` a failure ends the host's block with an
         :class:`ExceptionGroup` holding :class:`subprocess.CalledProcessError`, as trio's
-        nurseries raise). A process still running when the block
-        ends gets SIGTERM (SIGKILL :data:`TERMINATE_GRACE` seconds later), and its domain is
-        destroyed, as a toolstack stops a domain: what it held then is not a leak.
+        nurseries raise). A process still running when the block ends gets SIGTERM (then
+        SIGKILL, if it outlives a grace of a few seconds), and its domain is destroyed, as a
+        toolstack stops a domain: what it held then is not a leak.
         """
         environ = {**self.environ(domid), **(env or {})}
         options.setdefault("check", False)
