@@ -78,13 +78,22 @@ def test_a_bad_pair_is_a_clear_error(
         vchan_stream_pair(**arguments)  # type: ignore[arg-type]
 
 
+async def fail_if_it_exits(process: trio.Process) -> None:
+    """Fail at once if the server exits (connect would wait for it until the timeout)."""
+    code = await process.wait()
+    raise AssertionError(f"the server exited with status {code}")
+
+
 async def test_the_simulated_host_runs_a_server_process_as_a_domain() -> None:
     async with simulated_host() as host:
         server = await host.start_process(1, [sys.executable, ECHO_SERVER, "echo", "2"])
         with trio.fail_after(60):
-            async with trio_vchan.connect(1, "echo", backend=host.backend(2)) as stream:
-                await stream.send_all(b"ping")
-                assert await stream.receive_exactly(4) == b"ping"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fail_if_it_exits, server)
+                async with trio_vchan.connect(1, "echo", backend=host.backend(2)) as stream:
+                    await stream.send_all(b"ping")
+                    assert await stream.receive_exactly(4) == b"ping"
+                nursery.cancel_scope.cancel()
         assert server.returncode is None  # still serving: the end of the block stops it
     assert server.returncode is not None
 
