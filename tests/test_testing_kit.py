@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,17 @@ import trio
 import trio.testing
 
 import trio_vchan
-from trio_vchan import Role, VchanStream
+from trio_vchan import Live, Role, VchanStream
+from trio_vchan._handshake import vchan_path
+from trio_vchan._layout import CLI_LIVE
 from trio_vchan._xenstore import XenStoreClient
-from trio_vchan.testing import ServerMisbehaved, attack_server, simulated_host, vchan_stream_pair
+from trio_vchan.testing import (
+    ServerMisbehaved,
+    attack_server,
+    hostile_peer,
+    simulated_host,
+    vchan_stream_pair,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BROKEN_SERVER = str(Path(__file__).with_name("broken_server.py"))
@@ -158,3 +167,31 @@ async def test_the_hostile_peer_finds_a_server_that_trusts_the_peers_index(corre
                 await attack_server(
                     host, 1, "attacked", domid=7, episodes=60, seed=3, offer_within=10
                 )
+
+
+async def test_the_hostile_client_refuses_a_page_whose_rings_do_not_map() -> None:
+    """A server offers a broken handshake's page again, and the hostile client may have
+    scribbled on it after the reset: it refuses such a page as a client must, and waits for
+    the next one (instead of exiting, which attack_server took for a crashed server)."""
+    path = vchan_path(5, 7, "refused")
+    async with (
+        simulated_host() as host,
+        hostile_peer(host, 5) as server,
+        hostile_peer(host, 7) as client,
+    ):
+        assert await server.serve(7, path, seed=14) == ["grant refs zero"]
+        observer = host.backend(7)
+        async with XenStoreClient(await observer.connect_xenstore()) as xs:
+            ref = int(await xs.read(f"{path}/ring-ref"))
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(client.attach, 5, path, seed=0))
+                page = observer.memory.map(5, [ref], writable=False)
+                try:  # it takes the page and gives it back (a bad cli_live, or unmapped)
+                    while page.buffer[CLI_LIVE] == Live.WAITING:  # noqa: ASYNC110
+                        await trio.sleep(0.01)  # another process's write: nothing to wait on
+                finally:
+                    page.close()
+                await server.end()
+                assert await server.serve(7, path, seed=0, honest=True) == []
+            # and the client took the good page

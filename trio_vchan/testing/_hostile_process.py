@@ -466,7 +466,7 @@ class Hostile:
                         mapping = self.backend.memory.map(victim, ring_refs, writable=True)
                         regions.append(mapping)
                         rings.append(mapping.buffer[: 1 << order])
-            except (ProtocolError, OSError) as exc:
+            except (ProtocolError, OSError, ValueError) as exc:  # ValueError: grant ref 0
                 page[CLI_LIVE] = 7  # neither 0, 1 nor 2: the server drops it, offers a fresh one
                 channel.notify()
                 raise ProtocolError(f"refused the page offered at {path}: {exc}") from exc
