@@ -441,12 +441,14 @@ class Hostile:
                 except OSError:
                     await xs.next_watch_event()
         regions: list[Share | Mapping] = []
+        views: list[memoryview] = []  # released before their regions close
         try:
             page_map = self.backend.memory.map(victim, [ref], writable=True)
             regions.append(page_map)
             if unmap_notify:
                 page_map.set_unmap_notify(CLI_LIVE, channel.port)
             page = page_map.buffer
+            views.append(page)
             # A server offers the pages of a broken handshake again, reset; but this domain
             # may still have been scribbling on them after the reset (the last episode's
             # mutations, before it saw the new offer), so its orders or grant refs may be
@@ -466,12 +468,15 @@ class Hostile:
                         mapping = self.backend.memory.map(victim, ring_refs, writable=True)
                         regions.append(mapping)
                         rings.append(mapping.buffer[: 1 << order])
+                    views.append(rings[-1])
             except (ProtocolError, OSError, ValueError) as exc:  # ValueError: grant ref 0
                 page[CLI_LIVE] = 7  # neither 0, 1 nor 2: the server drops it, offers a fresh one
                 channel.notify()
                 raise ProtocolError(f"refused the page offered at {path}: {exc}") from exc
             vchan = _Vchan(Role.CLIENT, page, rings[0], rings[1], orders, channel, regions, True)
         except BaseException:
+            for view in reversed(views):
+                view.release()
             for region in reversed(regions):
                 region.close()
             channel.close()
