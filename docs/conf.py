@@ -10,6 +10,9 @@ exclude_patterns = ["_build"]
 nitpicky = True
 # The network is not assumed at build time, so no intersphinx: names from the standard library
 # and trio are left unresolved rather than failing the -W build.
-nitpick_ignore_regex = [(r"py:.*", r"(trio|typing|collections|os|errno)\..*"), (r"py:.*", r"\w+")]
+nitpick_ignore_regex = [
+    (r"py:.*", r"(trio|typing|collections|os|errno|subprocess)\..*"),
+    (r"py:.*", r"\w+"),
+]
 autodoc_typehints = "description"
 html_theme = "alabaster"

@@ -20,8 +20,11 @@ import trio_vchan
 
 async def echo(stream: trio_vchan.VchanStream) -> None:
     async with stream:
-        while data := await stream.receive_some():
-            await stream.send_all(data)
+        try:
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+        except trio.BrokenResourceError as exc:  # this client broke the vchan: serve the others
+            print(f"dropped domain {stream.peer_domid}: {exc}", file=sys.stderr)
 
 
 async def main(port: str, client_domids: list[int]) -> None:

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from typing import NoReturn
 
 import pytest
-import trio
 from hypothesis import settings
 
 from trio_vchan.sim import SimulatedHost
+from trio_vchan.testing import simulated_host
+
+pytest_plugins = ["pytester"]  # test_testing_kit runs pytest on files of its own
 
 # Every property test runs at least 200 examples; no per-example deadline on shared machines.
 settings.register_profile("project", max_examples=200, deadline=None)
@@ -38,10 +40,7 @@ def open_fds() -> set[int]:
 async def sim() -> AsyncIterator[SimulatedHost]:
     """A running simulated host; afterwards no grant, port, XenStore node or fd is left."""
     fds_before = open_fds()
-    async with SimulatedHost() as host:
-        yield host
-        with trio.fail_after(30):
-            await host.wait_idle()
-        assert host.leaks() == []
+    async with simulated_host() as harness:  # it checks that nothing is left on the host
+        yield harness.host
     # listdir itself opens an fd, which is gone again by the time we compare
     assert open_fds() <= fds_before | {max(fds_before, default=0) + 1}

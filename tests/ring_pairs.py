@@ -5,20 +5,16 @@ from __future__ import annotations
 import attrs
 
 from trio_vchan._layout import (
-    CLI_LIVE,
-    CLI_NOTIFY,
     LEFT_CONS,
     LEFT_PROD,
     PAGE_SIZE,
     RIGHT_CONS,
     RIGHT_PROD,
-    SRV_LIVE,
     Live,
-    NotifyBit,
     RingOrders,
     Role,
     in_page_ring,
-    write_orders,
+    init_server_page,
 )
 from trio_vchan._ring import RingEndpoint
 
@@ -39,17 +35,20 @@ def _ring(page: memoryview, order: int) -> memoryview:
 
 
 def make_pair(orders: RingOrders, start_index: int = 0) -> RingPair:
-    """A connected pair, every index starting at ``start_index`` (to exercise 2**32 wrap)."""
+    """A connected pair, every index starting at ``start_index`` (to exercise 2**32 wrap).
+
+    The page starts as the server offers it; the client then connects as the handshake's
+    client does (``trio_vchan.testing.vchan_stream_pair`` does both over real shared memory).
+    """
     page = memoryview(bytearray(PAGE_SIZE))
-    write_orders(page, orders)
+    init_server_page(page, orders, [])  # the external rings here are not granted pages
     for offset in (LEFT_CONS, LEFT_PROD, RIGHT_CONS, RIGHT_PROD):
         page[offset : offset + 4] = start_index.to_bytes(4, "little")
-    page[CLI_LIVE] = Live.CONNECTED
-    page[SRV_LIVE] = Live.CONNECTED
-    page[CLI_NOTIFY] = NotifyBit.WRITE
     left, right = _ring(page, orders.left), _ring(page, orders.right)
     # Each side its own views, as each process has its own mapping: releasing one side's views
     # must not depend on the other side's.
     server = RingEndpoint(page, left[:], right[:], Role.SERVER)
     client = RingEndpoint(page, right[:], left[:], Role.CLIENT)
+    client.request_data_notify()
+    client.set_live(Live.CONNECTED)
     return RingPair(page, left, right, server, client)

@@ -80,6 +80,16 @@ async def test_file_transfer_arrives_intact(sim: SimulatedHost, tmp_path: Path) 
     assert target.read_bytes() == payload
 
 
+def test_the_tests_of_the_echo_server_pass_as_a_user_runs_them(pytester: pytest.Pytester) -> None:
+    """examples/test_echo_server.py, which the tutorial shows, under a configuration of its
+    own: no trio_mode (its trio marker does that), the fixture from the installed plugin."""
+    ini = pytester.makeini("[pytest]\naddopts = --strict-markers\nfilterwarnings = error\n")
+    result = pytester.runpytest_subprocess(
+        str(EXAMPLES / "test_echo_server.py"), "-c", str(ini), "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=3)
+
+
 @pytest.mark.parametrize("example", ["echo_server.py", "file_transfer.py"])
 async def test_without_arguments_an_example_prints_its_usage(example: str) -> None:
     with trio.fail_after(60):

@@ -1,4 +1,5 @@
-"""The public names of ``trio_vchan``: listed, placed and documented (as trio's test_exports)."""
+"""The public names of ``trio_vchan`` and its public modules: listed, placed and documented
+(as trio's test_exports)."""
 
 from __future__ import annotations
 import __future__
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 import trio_vchan
+import trio_vchan.sim
+import trio_vchan.testing as testing
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.rst"
 
@@ -43,35 +46,56 @@ def documented_names(module_name: str) -> set[str]:
     }
 
 
-def test_all_lists_every_public_name_and_no_other() -> None:
-    assert sorted(trio_vchan.__all__) == sorted(public_names(trio_vchan))
-    assert len(set(trio_vchan.__all__)) == len(trio_vchan.__all__)
+#: The public modules, by name. trio_vchan.sim also offers, beyond its __all__, names for the
+#: command line and the tests (the environment variables, the event channel type).
+MODULES = {
+    "trio_vchan": trio_vchan,
+    "trio_vchan.sim": trio_vchan.sim,
+    "trio_vchan.testing": testing,
+}
+COMPLETE = ["trio_vchan", "trio_vchan.testing"]
+LISTED = [(module, name) for module in MODULES for name in MODULES[module].__all__]
 
 
-@pytest.mark.parametrize("name", trio_vchan.__all__)
-def test_public_name_exists_and_lives_in_the_package(name: str) -> None:
-    value = getattr(trio_vchan, name)
-    assert value.__module__ == "trio_vchan"
+@pytest.mark.parametrize("module_name", COMPLETE)
+def test_all_lists_every_public_name_and_no_other(module_name: str) -> None:
+    module = MODULES[module_name]
+    assert sorted(module.__all__) == sorted(public_names(module))
+    assert len(set(module.__all__)) == len(module.__all__)
 
 
-@pytest.mark.parametrize("name", trio_vchan.__all__)
-def test_public_name_is_documented_in_the_reference(name: str) -> None:
-    assert name in documented_names("trio_vchan")
+@pytest.mark.parametrize(("module_name", "name"), LISTED)
+def test_public_name_exists_and_lives_in_its_module(module_name: str, name: str) -> None:
+    value = getattr(MODULES[module_name], name)
+    assert value.__module__ == module_name
 
 
-def test_reference_documents_only_public_names() -> None:
-    assert documented_names("trio_vchan") <= set(trio_vchan.__all__)
+@pytest.mark.parametrize(("module_name", "name"), LISTED)
+def test_public_name_is_documented_in_the_reference(module_name: str, name: str) -> None:
+    assert name in documented_names(module_name)
 
 
-def test_star_import_gives_exactly_all() -> None:
+@pytest.mark.parametrize("module_name", MODULES)
+def test_reference_documents_only_public_names(module_name: str) -> None:
+    assert documented_names(module_name) <= set(MODULES[module_name].__all__)
+
+
+@pytest.mark.parametrize("module_name", COMPLETE)
+def test_star_import_gives_exactly_all(module_name: str) -> None:
     namespace: dict[str, object] = {}
-    exec("from trio_vchan import *", namespace)
+    exec(f"from {module_name} import *", namespace)
     del namespace["__builtins__"]
-    assert set(namespace) == set(trio_vchan.__all__)
+    assert set(namespace) == set(MODULES[module_name].__all__)
 
 
 def test_package_docstring_introduces_the_package() -> None:
     doc = trio_vchan.__doc__ or ""
     assert len(doc.strip().splitlines()) > 5
     for topic in ("serve", "connect", "trio_vchan.sim", "docs"):
+        assert topic in doc
+
+
+def test_the_test_kits_docstring_introduces_its_tools() -> None:
+    doc = testing.__doc__ or ""
+    for topic in ("vchan_stream_pair", "simulated_host", "vchan_host", "attack_server"):
         assert topic in doc

@@ -1,7 +1,8 @@
 """Setting up and tearing down: round trips, ports in use, clients that break the handshake or
 stall, XenStore that stalls, resources that run out, peer domains that are destroyed.
 
-The hostile clients run in a process of their own (``hostile_peer.py``), through the backend.
+The hostile clients run in a process of their own (:func:`trio_vchan.testing.hostile_peer`),
+through the backend.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from hostile_driver import HostilePeer, hostile_peer
 
 import trio_vchan
 from trio_vchan import Backend, PeerGoneError, VchanStream
@@ -32,6 +32,7 @@ from trio_vchan._session import CHORE_TIME
 from trio_vchan._xenstore import XenStoreClient
 from trio_vchan._xs_wire import Access, Permission
 from trio_vchan.sim import SimulatedHost
+from trio_vchan.testing import HostilePeer, hostile_peer
 
 SERVER, CLIENT, OTHER = 1, 2, 4
 STEP: Final = 10.0  # a step that takes longer than this hung

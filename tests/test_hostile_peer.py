@@ -1,7 +1,8 @@
 """A hostile peer in another process against trio-vchan in this one (the victim).
 
-The peer (``hostile_peer.py``) does the handshake by hand, as server or as client, and then
-writes arbitrary values into the shared page and the rings and floods or withholds events.
+The peer (:func:`trio_vchan.testing.hostile_peer`) does the handshake by hand, as server or as
+client, and then writes arbitrary values into the shared page and the rings and floods or
+withholds events.
 The victim may only return data, raise :class:`trio.BrokenResourceError` caused by a
 :class:`trio_vchan.ProtocolError` (or "peer closed" when sending to a peer that left), or wait
 cancellably. Checked on every step:
@@ -42,14 +43,12 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import pytest
 import trio
 import trio.testing
-from hostile_driver import HostilePeer, Json
-from hostile_driver import hostile_peer as _hostile_peer
 from leak_checks import describe_fds, grant_mappings, live_fds
 
 import trio_vchan
@@ -58,8 +57,11 @@ from trio_vchan._layout import CLI_LIVE
 from trio_vchan._xenstore import XenStoreClient
 from trio_vchan._xs_wire import Access, Permission
 from trio_vchan.sim import SimulatedHost
+from trio_vchan.testing import HostilePeer
+from trio_vchan.testing import hostile_peer as _hostile_peer
 
 VICTIM, HOSTILE = 3, 7
+Json = dict[str, Any]
 
 MUTATIONS: Final = int(os.environ.get("TRIO_VCHAN_HOSTILE_MUTATIONS", "1500"))
 #: How long each quiet phase lasts: the peer mutates without events, the victim must sleep.

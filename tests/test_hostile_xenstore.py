@@ -14,10 +14,8 @@ import errno
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -34,11 +32,11 @@ from trio_vchan._layout import RingOrders, Role
 from trio_vchan._xenstore import XenStoreClient
 from trio_vchan._xs_wire import Access, Permission
 from trio_vchan.sim import SimulatedHost
+from trio_vchan.testing._hostile import COMMAND as HOSTILE_PEER
 
 SERVER, CLIENT, THIRD = 1, 2, 5
 PORT: Final = "hx"
 PATH: Final = vchan_path(SERVER, CLIENT, PORT)
-HOSTILE_PEER: Final = str(Path(__file__).with_name("hostile_peer.py"))
 #: What the library itself writes: owner the server, others nothing, the client may read.
 PERMS: Final = [Permission(Access.NONE, SERVER), Permission(Access.READ, CLIENT)]
 
@@ -385,7 +383,7 @@ async def test_a_server_process_killed_after_advertising(sim: SimulatedHost) -> 
     """SIGKILL leaves the nodes behind (nothing in the process can remove them): the client
     waits for a usable advertisement and its cancel works."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, HOSTILE_PEER],
+        HOSTILE_PEER,
         env=os.environ | sim.environ(SERVER),
         stdin=-1,  # subprocess.PIPE
         stdout=-1,

@@ -48,18 +48,14 @@ from ._backend import Backend, ChannelStatus, check_domid
 from ._errors import ProtocolError
 from ._layout import (
     CLI_LIVE,
-    CLI_NOTIFY,
-    PAGE_SIZE,
     SRV_LIVE,
     Live,
-    NotifyBit,
     RingOrders,
     Role,
     in_page_ring,
+    init_server_page,
     read_grants,
     read_orders,
-    write_grants,
-    write_orders,
 )
 from ._notify import Notifier
 from ._ring import RingEndpoint
@@ -276,12 +272,7 @@ class _Pages:
         """Reset the page for a fresh client of ``channel`` and return our end of it."""
         self.page_share.set_unmap_notify(SRV_LIVE, channel.port)
         page = self.page_share.buffer
-        page[:] = bytes(PAGE_SIZE)
-        write_orders(page, self.orders)
-        page[CLI_LIVE] = Live.WAITING
-        page[SRV_LIVE] = Live.CONNECTED
-        page[CLI_NOTIFY] = NotifyBit.WRITE
-        write_grants(page, self.refs)
+        init_server_page(page, self.orders, self.refs)
         views: list[memoryview] = []
         external = iter(self.regions[1:])
         for order in (self.orders.left, self.orders.right):
@@ -519,3 +510,35 @@ def _attach_to(
         _release_all(cleanup)
         raise
     return Endpoint(Role.CLIENT, ring, channel, regions, path, server_domid)
+
+
+# -- both sides in one process -------------------------------------------------------------------
+
+
+def connect_directly(
+    server: Backend, client: Backend, orders: RingOrders, path: str
+) -> tuple[Endpoint, Endpoint]:
+    """Set up both ends of a vchan whose two domains are backends of this process: the
+    server's pages and port, handed straight to the client's attach (nothing is advertised,
+    so nothing waits). Returns (server's endpoint, client's endpoint).
+
+    Raises:
+        OSError: the platform refused.
+    """
+    pages = _Pages.grant(server, client.domid, orders)
+    cleanup: list[Callable[[], None]] = [pages.release]
+    try:
+        channel = server.events.bind_unbound(client.domid)
+        cleanup.insert(0, channel.close)
+        ring = pages.ring(channel)
+        cleanup.insert(0, ring.release)
+        advertised = Advertised(pages.page_share.refs[0], channel.port)
+        client_end = _attach_to(client, server.domid, path, advertised)
+    except BaseException:
+        _release_all(cleanup)
+        raise
+    if client_end is None:  # a fresh port of its own: only a broken platform refuses it
+        _release_all(cleanup)
+        raise OSError(errno.EINVAL, f"domain {client.domid} could not bind port {channel.port}")
+    server_end = Endpoint(Role.SERVER, ring, channel, pages.regions, path, client.domid)
+    return server_end, client_end

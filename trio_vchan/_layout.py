@@ -197,6 +197,18 @@ def write_grants(page: memoryview, refs: list[int]) -> None:
         _GRANT.pack_into(page, GRANTS + 4 * i, ref)
 
 
+def init_server_page(page: memoryview, orders: RingOrders, refs: list[int]) -> None:
+    """Fill in a fresh shared page as a server offers it: zeroed indices, the orders, the
+    external rings' grant refs, ``cli_live`` waiting, ``srv_live`` connected, and the server
+    asking to hear of the client's writes (as ``libxenvchan_server_init``)."""
+    page[:] = bytes(PAGE_SIZE)
+    write_orders(page, orders)
+    page[CLI_LIVE] = Live.WAITING
+    page[SRV_LIVE] = Live.CONNECTED
+    page[CLI_NOTIFY] = NotifyBit.WRITE
+    write_grants(page, refs)
+
+
 def in_page_ring(page: memoryview, order: int) -> memoryview:
     """The slice of the shared page that holds an in-page ring of ``order`` (10 or 11)."""
     offset = IN_PAGE_RING_OFFSET[order]

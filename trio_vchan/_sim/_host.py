@@ -16,8 +16,9 @@ cancelled task could still do (it only ever reaches a closed connection) can be 
 
 The client side's calls block, so a backend in the host's own process would wait for the
 very trio loop it blocks: :meth:`SimulatedHost.backend` skips the socket and calls the state
-directly, and :func:`backend_from_environ` finds a host running in this process (each running
-host is listed by its directory in ``SimulatedHost._in_this_process``).
+directly (``_host_state.LocalTransport``), and :func:`backend_from_environ` finds a host
+running in this process (each running host is listed by its directory in
+``SimulatedHost._in_this_process``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import trio
 from .._backend import PAGE_SIZE, Backend, check_domid
 from ._client import hello, join, make_backend, parse_environ
 from ._fds import ANCILLARY_SPACE, close_quietly, fds_ancillary, received_fds
-from ._host_state import PlatformConnection, PlatformState, Result
+from ._host_state import LocalTransport, PlatformState, Result
 from ._proto import ENV_DIR, ENV_DOMID, MESSAGE_MAX, VERSION, Op, Reply, Request, domain_dir, ok
 from ._xenstored import XenStoreServer
 
@@ -66,32 +67,6 @@ class _ServedDomain:
     xenstore: socket.socket
     platform: socket.socket
     cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-
-
-@final
-class _LocalTransport:
-    """A platform connection for a backend in the host's own process: direct calls."""
-
-    def __init__(self, platform: PlatformState, conn: PlatformConnection) -> None:
-        self._platform = platform
-        self._conn = conn
-
-    def request(self, request: Request) -> tuple[Reply, list[int]]:
-        result = self._platform.handle(self._conn, request.encode())
-        fds: list[int] = []
-        try:
-            for fd in result.fds:
-                fds.append(os.dup(fd))
-        except BaseException:
-            close_quietly(fds)
-            raise
-        finally:
-            close_quietly(result.temporary)
-        # Round-trip the reply through its wire form, as a socket would.
-        return Reply.decode(result.reply.encode()), fds
-
-    def close(self) -> None:
-        self._platform.disconnect(self._conn)
 
 
 @final
@@ -371,7 +346,7 @@ class SimulatedHost:
             RuntimeError: the host is not running.
         """
         self.add_domain(domid)
-        transport = _LocalTransport(self._platform, self._platform.connect(domid))
+        transport = LocalTransport(self._platform, self._platform.connect(domid))
         directory = self._running_directory()
         hello(transport)
         return make_backend(domid, transport, domain_dir(directory, domid) / "xenstore")

@@ -12,6 +12,10 @@ host keeps its own copy of every fd it hands out, so it can clear unmap-notify b
 A connection's resources are released when it closes: its shares and mappings first
 (performing their unmap-notifies, which may fire ports), then its ports. That is Linux's
 order too: gntalloc/gntdev hold a reference on the notify port.
+
+A backend in the state's own process reaches it through :class:`LocalTransport` (direct calls
+in place of a socket): the host's in-process backends, and the platform of a
+``vchan_stream_pair``, which has no host at all.
 """
 
 from __future__ import annotations
@@ -545,3 +549,30 @@ def _domid(value: int) -> int:
         return check_domid(value)
     except ValueError as exc:
         raise _RequestError(errno.EINVAL, str(exc)) from None
+
+
+@final
+class LocalTransport:
+    """A platform connection for a backend in the platform's own process: direct calls to
+    :meth:`PlatformState.handle`, with the fds and the reply as a socket would pass them."""
+
+    def __init__(self, platform: PlatformState, conn: PlatformConnection) -> None:
+        self._platform = platform
+        self._conn = conn
+
+    def request(self, request: Request) -> tuple[Reply, list[int]]:
+        result = self._platform.handle(self._conn, request.encode())
+        fds: list[int] = []
+        try:
+            for fd in result.fds:
+                fds.append(os.dup(fd))
+        except BaseException:
+            close_quietly(fds)
+            raise
+        finally:
+            close_quietly(result.temporary)
+        # Round-trip the reply through its wire form, as a socket would.
+        return Reply.decode(result.reply.encode()), fds
+
+    def close(self) -> None:
+        self._platform.disconnect(self._conn)

@@ -1,12 +1,12 @@
 """A hostile vchan peer in its own process: it does the handshake by hand, then scribbles.
 
-    TRIO_VCHAN_SIM=... TRIO_VCHAN_DOMID=... python hostile_peer.py
+    TRIO_VCHAN_SIM=... TRIO_VCHAN_DOMID=... python -m trio_vchan.testing._hostile_process
 
 It never uses trio-vchan's stream or handshake: it speaks to the backend (event channels,
 grants) and to XenStore directly, so it can write whatever it likes into the shared page and
 the rings and send (or withhold) as many events as it likes. It is driven by one JSON command
-per line on stdin and answers each with one JSON line on stdout (``tests/test_hostile_peer.py``
-is the driver):
+per line on stdin and answers each with one JSON line on stdout (:mod:`._hostile` is the
+driver, :class:`trio_vchan.testing.HostilePeer`):
 
 - ``{"op": "serve", "seed": S, "victim": D, "path": P}``: act as the server for domain D at
   XenStore path P. The page is filled in from the seed, usually correctly, sometimes with bad
@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
-from trio_vchan._layout import (
+from .._errors import ProtocolError
+from .._layout import (
     CLI_LIVE,
     CLI_NOTIFY,
     GRANTS,
@@ -73,13 +74,12 @@ from trio_vchan._layout import (
     ring_pages,
     write_grants,
 )
-from trio_vchan._native import ffi, lib
-from trio_vchan._xenstore import XenStoreClient
-from trio_vchan._xs_wire import Access, Permission
+from .._native import ffi, lib
+from .._xenstore import XenStoreClient
+from .._xs_wire import Access, Permission
 
 if TYPE_CHECKING:
-    from trio_vchan import Backend
-    from trio_vchan._backend import EventChannel, Mapping, Share
+    from .._backend import Backend, EventChannel, Mapping, Share
 
 Json = dict[str, Any]
 U32: Final = 0xFFFF_FFFF
@@ -415,6 +415,15 @@ class Hostile:
     async def attach(
         self, seed: int, victim: int, path: str, *, honest: bool = False, unmap_notify: bool = True
     ) -> Json:
+        while True:
+            try:
+                return await self._attach_once(seed, victim, path, honest, unmap_notify)
+            except ProtocolError:
+                continue  # that page was refused: the next advertisement
+
+    async def _attach_once(
+        self, seed: int, victim: int, path: str, honest: bool, unmap_notify: bool
+    ) -> Json:
         """Connect to the victim's advertisement at ``path`` by hand (without an unmap-notify
         on ``cli_live`` if asked, as ocaml-vchan connects)."""
         self.rng = rng = random.Random(seed)
@@ -425,32 +434,49 @@ class Hostile:
                 try:
                     ref = int(await xs.read(f"{path}/ring-ref"))
                     port = int(await xs.read(f"{path}/event-channel"))
+                    # A port that cannot be bound is a withdrawn (or half-replaced)
+                    # advertisement: its server moved on, so wait for the next one.
+                    channel = self.backend.events.bind_interdomain(victim, port)
                     break
                 except OSError:
                     await xs.next_watch_event()
-        channel = self.backend.events.bind_interdomain(victim, port)
         regions: list[Share | Mapping] = []
+        views: list[memoryview] = []  # released before their regions close
         try:
             page_map = self.backend.memory.map(victim, [ref], writable=True)
             regions.append(page_map)
             if unmap_notify:
                 page_map.set_unmap_notify(CLI_LIVE, channel.port)
             page = page_map.buffer
-            orders = RingOrders(*(int.from_bytes(page[o : o + 2], "little") for o in (16, 18)))
-            refs = [_u32(page, GRANTS + 4 * i) for i in range(orders.left_pages)]
-            more = [
-                _u32(page, GRANTS + 4 * (orders.left_pages + i)) for i in range(orders.right_pages)
-            ]
-            rings = []
-            for order, ring_refs in ((orders.left, refs), (orders.right, more)):
-                if order < PAGE_SHIFT:
-                    rings.append(in_page_ring(page, order))
-                else:
-                    mapping = self.backend.memory.map(victim, ring_refs, writable=True)
-                    regions.append(mapping)
-                    rings.append(mapping.buffer[: 1 << order])
+            views.append(page)
+            # A server offers the pages of a broken handshake again, reset; but this domain
+            # may still have been scribbling on them after the reset (the last episode's
+            # mutations, before it saw the new offer), so its orders or grant refs may be
+            # ours: refuse such a page as a client must.
+            try:
+                orders = RingOrders(*(int.from_bytes(page[o : o + 2], "little") for o in (16, 18)))
+                refs = [_u32(page, GRANTS + 4 * i) for i in range(orders.left_pages)]
+                more = [
+                    _u32(page, GRANTS + 4 * (orders.left_pages + i))
+                    for i in range(orders.right_pages)
+                ]
+                rings = []
+                for order, ring_refs in ((orders.left, refs), (orders.right, more)):
+                    if order < PAGE_SHIFT:
+                        rings.append(in_page_ring(page, order))
+                    else:
+                        mapping = self.backend.memory.map(victim, ring_refs, writable=True)
+                        regions.append(mapping)
+                        rings.append(mapping.buffer[: 1 << order])
+                    views.append(rings[-1])
+            except (ProtocolError, OSError, ValueError) as exc:  # ValueError: grant ref 0
+                page[CLI_LIVE] = 7  # neither 0, 1 nor 2: the server drops it, offers a fresh one
+                channel.notify()
+                raise ProtocolError(f"refused the page offered at {path}: {exc}") from exc
             vchan = _Vchan(Role.CLIENT, page, rings[0], rings[1], orders, channel, regions, True)
         except BaseException:
+            for view in reversed(views):
+                view.release()
             for region in reversed(regions):
                 region.close()
             channel.close()
@@ -465,7 +491,7 @@ class Hostile:
         else:
             notes.append("no event after connecting")
         vchan.take_snapshot()
-        return {"notes": notes, "orders": [orders.left, orders.right]}
+        return {"notes": notes, "orders": [orders.left, orders.right], "ref": ref}
 
     async def _next_advertisement(self, xs: XenStoreClient, path: str) -> tuple[int, int]:
         """The advertisement at ``path`` after the next change there (the first: now)."""
@@ -750,7 +776,7 @@ class Hostile:
 
 
 async def main() -> None:
-    from trio_vchan.sim import backend_from_environ
+    from ..sim import backend_from_environ
 
     hostile = Hostile(backend_from_environ())
     stdin = trio.lowlevel.FdStream(os.dup(0))
