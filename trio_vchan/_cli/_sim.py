@@ -403,18 +403,24 @@ def _xen_libs_problem(args: argparse.Namespace) -> int | None:
     return 127
 
 
+def _command_domain(args: argparse.Namespace) -> tuple[int, int | None]:
+    """The domain COMMAND runs as, and the exit status to stop with (said on stderr) where
+    --domid or --xen-libs cannot be used, else None."""
+    try:
+        domid = _command_domid(args)
+    except ValueError as exc:
+        print(f"trio-vchan sim: {exc}", file=sys.stderr)
+        return 0, 2
+    return domid, _xen_libs_problem(args)
+
+
 async def _run_join(args: argparse.Namespace, command: list[str]) -> int:
     """Become COMMAND, as a domain of the running host (which gets the domain first)."""
     directory = args.dir or os.environ.get(ENV_DIR)
     if not directory:
         print(f"trio-vchan sim: --join needs --dir DIR or {ENV_DIR}", file=sys.stderr)
         return 2
-    try:
-        domid = _command_domid(args)
-    except ValueError as exc:
-        print(f"trio-vchan sim: {exc}", file=sys.stderr)
-        return 2
-    failed = _xen_libs_problem(args)
+    domid, failed = _command_domain(args)
     if failed is not None:
         return failed
     directory = os.fspath(_absolute(directory))
@@ -532,12 +538,7 @@ async def run(args: argparse.Namespace) -> int:
         return await _run_background(args, command)
     domid = 0
     if command:
-        try:
-            domid = _command_domid(args)
-        except ValueError as exc:
-            print(f"trio-vchan sim: {exc}", file=sys.stderr)
-            return 2
-        failed = _xen_libs_problem(args)
+        domid, failed = _command_domain(args)
         if failed is not None:
             return failed
     if args.dir:
