@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import trio
+from subprocess_paths import SAFE_PATH
 
 import trio_vchan
 from trio_vchan._compiled import native
@@ -175,7 +176,7 @@ async def test_a_vchan_holds_two_fds(sim: SimulatedHost) -> None:
             for port in ports:
                 nursery.start_soon(serve, port)
             result = await trio.run_process(
-                [sys.executable, "-c", _CLIENT],
+                [sys.executable, *SAFE_PATH, "-c", _CLIENT],
                 env=os.environ | sim.environ(2),
                 capture_stdout=True,
             )

@@ -14,6 +14,7 @@ import random
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Final, final
 
 import attrs
@@ -29,6 +30,10 @@ OFFER_GRACE: Final = 5.0
 #: A command is answered well within this, or the hostile process hung.
 STEP_TIMEOUT: Final = 60.0
 COMMAND: Final = [sys.executable, "-m", "trio_vchan.testing._hostile_process"]
+#: Where the process starts: the directory holding this very trio_vchan, which ``-m`` puts
+#: first on the process's path, so that it runs the same package (not a source tree that the
+#: current directory may hold, whose compiled part is not built).
+PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[2])
 
 
 class ServerMisbehaved(AssertionError):
@@ -149,6 +154,7 @@ async def hostile_peer(host: SimulatedHost | HostHarness, domid: int) -> AsyncIt
     sim = host.host if isinstance(host, HostHarness) else host
     process = await trio.lowlevel.open_process(
         COMMAND,
+        cwd=PACKAGE_ROOT,
         env={**os.environ, **sim.environ(domid)},
         stdin=-1,  # subprocess.PIPE
         stdout=-1,
