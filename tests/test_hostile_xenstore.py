@@ -33,6 +33,7 @@ from trio_vchan._xenstore import XenStoreClient
 from trio_vchan._xs_wire import Access, Permission
 from trio_vchan.sim import SimulatedHost
 from trio_vchan.testing._hostile import COMMAND as HOSTILE_PEER
+from trio_vchan.testing._hostile import PACKAGE_ROOT
 
 SERVER, CLIENT, THIRD = 1, 2, 5
 PORT: Final = "hx"
@@ -384,6 +385,7 @@ async def test_a_server_process_killed_after_advertising(sim: SimulatedHost) -> 
     waits for a usable advertisement and its cancel works."""
     process = await trio.lowlevel.open_process(
         HOSTILE_PEER,
+        cwd=PACKAGE_ROOT,
         env=os.environ | sim.environ(SERVER),
         stdin=-1,  # subprocess.PIPE
         stdout=-1,
