@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -32,8 +31,7 @@ from trio_vchan._layout import RingOrders, Role
 from trio_vchan._xenstore import XenStoreClient
 from trio_vchan._xs_wire import Access, Permission
 from trio_vchan.sim import SimulatedHost
-from trio_vchan.testing._hostile import COMMAND as HOSTILE_PEER
-from trio_vchan.testing._hostile import PACKAGE_ROOT
+from trio_vchan.testing._hostile import start_hostile_process
 
 SERVER, CLIENT, THIRD = 1, 2, 5
 PORT: Final = "hx"
@@ -383,13 +381,7 @@ async def test_a_server_that_dies_between_the_clients_bind_and_map_is_an_os_erro
 async def test_a_server_process_killed_after_advertising(sim: SimulatedHost) -> None:
     """SIGKILL leaves the nodes behind (nothing in the process can remove them): the client
     waits for a usable advertisement and its cancel works."""
-    process = await trio.lowlevel.open_process(
-        HOSTILE_PEER,
-        cwd=PACKAGE_ROOT,
-        env=os.environ | sim.environ(SERVER),
-        stdin=-1,  # subprocess.PIPE
-        stdout=-1,
-    )
+    process = await start_hostile_process(sim, SERVER)
     assert process.stdin is not None
     assert process.stdout is not None
     try:

@@ -143,6 +143,18 @@ class HostilePeer:
         await self.call("end")
 
 
+async def start_hostile_process(sim: SimulatedHost, domid: int) -> trio.Process:
+    """Start :mod:`._hostile_process` as domain ``domid`` of ``sim``, its commands and replies
+    on pipes (JSON lines); :class:`HostilePeer` speaks them."""
+    return await trio.lowlevel.open_process(
+        COMMAND,
+        cwd=PACKAGE_ROOT,
+        env={**os.environ, **sim.environ(domid)},
+        stdin=-1,  # subprocess.PIPE
+        stdout=-1,
+    )
+
+
 @asynccontextmanager
 async def hostile_peer(host: SimulatedHost | HostHarness, domid: int) -> AsyncIterator[HostilePeer]:
     """Run a hostile domain ``domid`` on ``host`` for the block; at the end it releases
@@ -152,13 +164,7 @@ async def hostile_peer(host: SimulatedHost | HostHarness, domid: int) -> AsyncIt
         RuntimeError: the hostile process exited before it joined the host.
     """
     sim = host.host if isinstance(host, HostHarness) else host
-    process = await trio.lowlevel.open_process(
-        COMMAND,
-        cwd=PACKAGE_ROOT,
-        env={**os.environ, **sim.environ(domid)},
-        stdin=-1,  # subprocess.PIPE
-        stdout=-1,
-    )
+    process = await start_hostile_process(sim, domid)
     peer = HostilePeer(process, domid)
     try:
         with trio.fail_after(STEP_TIMEOUT):
