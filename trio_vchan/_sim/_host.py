@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SOCKET_PATH_MAX: Final = 107  # sizeof(sun_path) - 1
-#: A connection whose requests are always there is served this many at a time.
+#: A connection whose requests are always there is served this many at a time (and a listener
+#: whose connections always wait, accepted this many at a time).
 _REQUESTS_BETWEEN_CHECKPOINTS: Final = 16
 #: Platform connections an unprivileged domain may hold at once: one per process that uses the
 #: platform (a vchan process holds one, shared by its vchans). Beyond it, a new one is closed at
@@ -457,10 +458,12 @@ class SimulatedHost:
         connection waiting is accepted in one pass, and a connection costs no wrapper objects.
         """
         async with trio.open_nursery() as nursery:
+            unwaited = 0  # connections accepted since this task last let others run
             while True:
                 try:
                     conn, _ = listener.accept()
                 except BlockingIOError:
+                    unwaited = 0
                     await trio.lowlevel.wait_readable(listener)
                     continue
                 except OSError as exc:
@@ -472,6 +475,10 @@ class SimulatedHost:
                 conn.setblocking(False)
                 self._served += 1
                 nursery.start_soon(self._serve_counted, conn, serve, domid)
+                unwaited += 1
+                if unwaited == _REQUESTS_BETWEEN_CHECKPOINTS:  # a domain that connects nonstop
+                    unwaited = 0  # must not keep the others from being served
+                    await trio.lowlevel.checkpoint()
 
     async def _serve_counted(self, conn: socket.socket, serve: _Server, domid: int) -> None:
         try:
