@@ -286,16 +286,47 @@ async def test_a_forked_child_holds_its_own_connection(
             assert await process.wait() == 0
 
 
-async def output_until(process: trio.Process, last: str) -> list[str]:
-    """The lines ``process`` prints, up to and including ``last``."""
+async def test_an_idle_connection_the_host_dropped_is_made_again(
+    tools: Tools,  # noqa: F811  (built only where Xen's headers are)
+    sim: SimulatedHost,
+    tmp_path: Path,
+) -> None:
+    """The kept idle connection is checked before it is used again: destroying the domain
+    drops it, and the next open joins afresh instead of failing on the dead socket."""
+    program = tmp_path / "fork-probe"
+    compile_c("-o", program, HERE / "fork_probe.c", "-lxenevtchn")
+    with trio.fail_after(TIMEOUT):
+        process = await trio.lowlevel.open_process(
+            joined(sim, 3, program, 0, "again"),
+            env=clean_environ(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdin is not None
+        try:
+            await output_until(process, "idle")
+            sim.destroy_domain(3)  # the host hangs up the domain's connections,
+            await sim.wait_idle()  # once their tasks have run
+            await process.stdin.send_all(b"go\n")
+            lines = await output_until(process, "bound")
+            assert lines[-1].startswith("bound ")
+        finally:
+            await process.stdin.aclose()
+            assert await process.wait() == 0
+
+
+async def output_until(process: trio.Process, start: str) -> list[str]:
+    """The lines ``process`` prints, up to the first whole one that begins with ``start``."""
     assert process.stdout is not None
     text = b""
-    while last.encode() + b"\n" not in text:
+    while True:
+        lines = text.decode().split("\n")[:-1]  # whole lines only
+        if any(line.startswith(start) for line in lines):
+            return lines
         chunk = await process.stdout.receive_some()
         if not chunk:
-            raise AssertionError(f"ended before printing {last!r}: {text!r}")
+            raise AssertionError(f"ended before printing {start!r}: {text!r}")
         text += chunk
-    return text.decode().splitlines()
 
 
 # -- Xen's programs against trio-vchan cat -----------------------------------------------------

@@ -18,8 +18,8 @@
  * The whole process shares one platform connection, opened by the first xen*_open() and kept
  * (idle, holding nothing) after the last xen*_close(), as the next open would only make it
  * again: libxenvchan opens and closes its handles once per connection, and a new platform
- * connection costs the host more than the requests on it. A child of fork() makes its own
- * unless it inherited live handles. When the process dies the host sees that one connection
+ * connection costs the host more than the requests on it; one the host dropped meanwhile is
+ * made again. A child of fork() makes its own unless it inherited live handles. When the process dies the host sees that one connection
  * close and releases, in order, every share and mapping (performing the unmap-notifies:
  * clear the live byte, fire the peer) and then every port. Separate connections for the
  * event-channel and grant handles would let the host close the port first, and the peer
@@ -311,6 +311,16 @@ static int ensure_domain(const char *dir, uint32_t domid)
     return rc;
 }
 
+/* Whether the host hung up our idle connection: it sends nothing unasked, so anything but
+ * "nothing to read yet" means it is gone. */
+static int idle_connection_gone(void)
+{
+    char byte;
+    ssize_t n = recv(conn, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+
+    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
 static int open_connection(void)
 {
     char name[64];
@@ -319,6 +329,10 @@ static int open_connection(void)
     int fd, rc = 0;
 
     pthread_mutex_lock(&lock);
+    if (conn >= 0 && conn_users == 0 && idle_connection_gone()) {
+        close(conn); /* the host hung up meanwhile (stopped, or destroyed our domain) */
+        conn = -1;
+    }
     if (conn >= 0) {
         conn_users++;
         goto out;
