@@ -257,18 +257,24 @@ async def test_other_calls_fail_with_enosys_and_say_so(gnt_map: Path, sim: Simul
     assert results["xenevtchn_bind_interdomain"] == [(-1, errno.EACCES)]
 
 
+@pytest.fixture(scope="session")
+def fork_probe(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    program = tmp_path_factory.mktemp("fork-probe") / "fork-probe"
+    try:
+        compile_c("-o", program, HERE / "fork_probe.c", "-lxenevtchn")
+    except BuildError as exc:
+        pytest.fail(str(exc))
+    return program
+
+
 async def test_a_forked_child_holds_its_own_connection(
-    tools: Tools,  # noqa: F811  (built only where Xen's headers are)
-    sim: SimulatedHost,
-    tmp_path: Path,
+    fork_probe: Path, sim: SimulatedHost
 ) -> None:
     """The shim keeps its idle platform connection after the last handle closes; a child of
     fork() must not share it: what the child binds is released when the child dies."""
-    program = tmp_path / "fork-probe"
-    compile_c("-o", program, HERE / "fork_probe.c", "-lxenevtchn")
     with trio.fail_after(TIMEOUT):
         process = await trio.lowlevel.open_process(
-            joined(sim, 3, program, 0),
+            joined(sim, 3, fork_probe, 0),
             env=clean_environ(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -287,17 +293,13 @@ async def test_a_forked_child_holds_its_own_connection(
 
 
 async def test_an_idle_connection_the_host_dropped_is_made_again(
-    tools: Tools,  # noqa: F811  (built only where Xen's headers are)
-    sim: SimulatedHost,
-    tmp_path: Path,
+    fork_probe: Path, sim: SimulatedHost
 ) -> None:
     """The kept idle connection is checked before it is used again: destroying the domain
     drops it, and the next open joins afresh instead of failing on the dead socket."""
-    program = tmp_path / "fork-probe"
-    compile_c("-o", program, HERE / "fork_probe.c", "-lxenevtchn")
     with trio.fail_after(TIMEOUT):
         process = await trio.lowlevel.open_process(
-            joined(sim, 3, program, 0, "again"),
+            joined(sim, 3, fork_probe, 0, "again"),
             env=clean_environ(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
