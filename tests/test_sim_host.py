@@ -517,6 +517,19 @@ async def test_host_directory_lifecycle(tmp_path: Path) -> None:
             pass  # pragma: no cover
 
 
+async def test_the_blocks_own_exception_comes_out_as_raised() -> None:
+    """Not wrapped in an ExceptionGroup by the host's nursery: a failing test reads as itself."""
+    error = ValueError("the block's own")
+    with pytest.raises(ValueError, match="the block's own") as caught:
+        async with SimulatedHost():
+            raise error
+    assert caught.value is error
+    with trio.move_on_after(0.05) as scope:
+        async with SimulatedHost():
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+
+
 async def test_stopping_the_host_breaks_clients() -> None:
     host = SimulatedHost()
     await host.__aenter__()

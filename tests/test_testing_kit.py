@@ -115,6 +115,17 @@ async def test_the_simulated_host_reports_what_a_domain_left_behind() -> None:
                 await xs.write("/local/domain/1/data/x", b"left behind")
 
 
+async def test_a_failing_block_raises_its_own_exception_and_skips_the_leak_check() -> None:
+    error = ValueError("the test's own failure")
+    with pytest.raises(ValueError, match="own failure") as caught:  # noqa: PT012
+        async with simulated_host() as host:
+            xs = XenStoreClient(await host.backend(1).connect_xenstore())
+            async with xs:
+                await xs.write("/local/domain/1/data/x", b"left behind")
+            raise error
+    assert caught.value is error
+
+
 def test_the_pytest_fixture_comes_from_the_installed_entry_point(
     pytester: pytest.Pytester,
 ) -> None:

@@ -31,7 +31,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Final, final
 
@@ -160,7 +160,12 @@ class SimulatedHost:
         try:
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
-            return await self._stack.__aexit__(exc_type, exc, tb)
+            try:
+                return await self._stack.__aexit__(exc_type, exc, tb)
+            except BaseException as error:
+                if exc is not None and raised_only(error, exc):
+                    return False  # the block's own exception, not wrapped by our nursery
+                raise
         finally:
             for listener in self._listeners:
                 listener.close()
@@ -606,6 +611,19 @@ def _answer_message(data: bytes, ancdata: Ancillary, flags: int, answer: _Answer
 #: Xen's name for dom0.
 DOM0_NAME: Final = "Domain-0"
 _NAME_MAX: Final = 64
+
+
+def raised_only(error: BaseException, exc: BaseException) -> bool:
+    """Whether ``error`` is ``exc`` alone, maybe in (nested) groups of one, as a nursery wraps
+    the exception of the block it encloses; a context manager that runs a nursery around its
+    caller's block lets that exception go on as raised instead of as a group."""
+    while error is not exc:
+        # A BaseExceptionGroup (a backport before 3.11).
+        inner: Sequence[BaseException] = getattr(error, "exceptions", ())
+        if len(inner) != 1:
+            return False
+        error = inner[0]
+    return True
 
 
 def check_domain_name(name: object) -> str:

@@ -11,6 +11,7 @@ from typing import Any, Final, final
 import trio
 
 from .._backend import Backend
+from .._sim._host import raised_only
 from ..sim import SimulatedHost
 
 #: How long a process stopped at the end of the block has between SIGTERM and SIGKILL.
@@ -143,18 +144,29 @@ async def simulated_host(
     leaks: list[str] = []
     async with SimulatedHost(names=names) as host:
         harness = HostHarness(host)
+        block: BaseException | None = None
+        unwrapped: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
                 harness._nursery = nursery
-                yield harness
+                try:
+                    yield harness
+                except BaseException as exc:
+                    block = exc
+                    raise
                 nursery.cancel_scope.cancel()  # stops the processes still running
+        except BaseException as error:
+            if block is None or not raised_only(error, block):
+                raise
+            unwrapped = block  # the test's own failure, raised as it was, not as a group
         finally:
             harness._release()
+        if unwrapped is not None:
+            raise unwrapped
         if check_leaks:
             with trio.fail_after(IDLE_TIMEOUT):
                 await host.wait_idle()
             leaks = host.leaks()
-    # Raised outside the host's block, whose nursery would wrap it in an ExceptionGroup.
     if leaks:
         raise AssertionError(
             "the domains left this behind on the simulated host: " + "; ".join(leaks)
