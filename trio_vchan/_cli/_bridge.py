@@ -106,7 +106,8 @@ async def bridge(
     Neither stream is closed here: the caller's ``async with`` blocks close them.
 
     Args:
-        chunk_size: the most bytes read at once, from either side.
+        chunk_size: the most bytes read at once from ``vchan`` or a local stream (descriptors
+            are copied in the vchan's own steps, a quarter of its ring at a time).
         transfer: counts the bytes moved.
         input_ends_session: whether the end of ``local.input`` ends the bridge (else it
             goes on until the peer closes).
@@ -199,13 +200,13 @@ class _Bridge:
 
     async def _send_from(self, vchan: VchanStream, fd: int) -> int:
         try:
-            return await vchan.send_from_fd(fd, self._chunk_size)
+            return await vchan.send_from_fd(fd)
         except OSError as exc:
             raise LocalError(f"cannot read {self._local.input_name}") from exc
 
     async def _receive_to(self, vchan: VchanStream, fd: int) -> int:
         try:
-            return await vchan.receive_to_fd(fd, self._chunk_size)
+            return await vchan.receive_to_fd(fd)
         except OSError as exc:
             raise LocalError(
                 f"cannot write {self._local.output_name}", output_closed=exc.errno in _PEER_GONE
