@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from .._api import default_backend, lookup_domain
 from .._backend import Backend
 from .._domains import Domain, DomainNameError
-from ..sim import ENV_DIR, ENV_DOMID, backend_from_environ
+from .._sim._proto import ENV_DIR, ENV_DOMID
 from ._status import CommandError, ExitStatus
 
 
@@ -28,6 +28,9 @@ def open_backend(domid: int | None) -> Iterator[Backend]:
     """
     try:
         if domid is not None and os.environ.get(ENV_DIR):
+            # Imported here, as the library's default backend imports it: only when used.
+            from ..sim import backend_from_environ
+
             backend = backend_from_environ({**os.environ, ENV_DOMID: str(domid)})
         else:
             backend = default_backend()

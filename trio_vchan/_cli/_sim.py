@@ -21,7 +21,6 @@ import trio
 
 from .._backend import check_domid
 from .._sim._client import parse_domid
-from .._sim._host import SimulatedHost, check_domain_name
 from .._sim._proto import ENV_DIR, ENV_DOMID, MESSAGE_MAX, Op, Reply, Request
 from .._xenshim import missing as xen_libs_missing
 from .._xenshim import program_environ, xen_environ
@@ -174,6 +173,8 @@ def _domain_name(text: str) -> tuple[int, str]:
     domid_text, sep, name = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected DOMID=NAME, not {text!r}")
+    from .._sim._host import check_domain_name  # here, as SimulatedHost below
+
     try:
         return parse_domid(domid_text), check_domain_name(name)
     except ValueError as exc:
@@ -459,6 +460,10 @@ async def _run_background(args: argparse.Namespace, command: list[str]) -> int:
             print(f"trio-vchan sim: {problem}", file=sys.stderr)
             return 2
         argv += ["--dir", os.fspath(directory)]
+    # The host is imported only by the commands that start one: every trio-vchan command
+    # imports this module, and the others start faster without the host and its XenStore.
+    from .._sim._host import SimulatedHost
+
     try:
         SimulatedHost(names=_names(args.name))  # the names' checks, before the host starts
     except ValueError as exc:
@@ -546,6 +551,8 @@ async def run(args: argparse.Namespace) -> int:
         if problem:
             print(f"trio-vchan sim: {problem}", file=sys.stderr)
             return 2
+    from .._sim._host import SimulatedHost  # here, as in _run_background
+
     try:
         configured = SimulatedHost(args.dir, names=_names(args.name))
     except ValueError as exc:
