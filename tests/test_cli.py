@@ -1224,11 +1224,10 @@ async def test_a_path_xenstore_will_not_let_it_write(sim: SimulatedHost) -> None
     result = await run_cli(domain_environ(sim, 2), *args)
     assert result.returncode == ExitStatus.FAILURE
     assert result.stderr.decode() == (
-        "trio-vchan cat: cannot serve '/local/domain/0/foo': XenStore does not let this domain"
-        " write the advertisement at /local/domain/0/foo (RM /local/domain/0/foo: EACCES"
-        " (Permission denied)); a domain may write below /local/domain/<its domid>/data (where a"
-        " port name puts the vchan) and where the toolstack allows it: give a port name, or a"
-        " path this domain may write\n"
+        "trio-vchan cat: cannot serve at /local/domain/0/foo: XenStore does not let domain 2"
+        " write the advertisement there (RM /local/domain/0/foo: EACCES (Permission denied)); a"
+        " domain may write below /local/domain/2/data (where a port name puts the vchan) and"
+        " where the toolstack allows it: give a port name, or a path this domain may write\n"
     )
 
 

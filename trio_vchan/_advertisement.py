@@ -41,6 +41,7 @@ _KEYS: Final = ("ring-ref", "event-channel")
 #: How often a client looks for an advertisement when XenStore refuses it another watch.
 POLL_INTERVAL: Final = 0.2
 _QUOTA_ERRNOS: Final = frozenset({errno.E2BIG, errno.ENOSPC, errno.EDQUOT})
+_REFUSALS: Final = frozenset({errno.EACCES, errno.EPERM})  # XenStore said no: a path not ours
 _log = logging.getLogger("trio_vchan")
 # Transactions per XenStore connection at once: C xenstored allows 10.
 _TRANSACTIONS_AT_ONCE: Final = 4
@@ -133,12 +134,15 @@ class XenStoreAdvertisements(Advertisements):
         # ring-ref complete before event-channel exists: what a client watches is whole. (One
         # round trip: the store carries out a connection's requests in order.)
         values = (advertised.ring_ref, advertised.port)
-        await xs.write_many(
-            [
-                (f"{path}/{key}", str(v).encode(), perms)
-                for key, v in zip(_KEYS, values, strict=True)
-            ]
-        )
+        try:
+            await xs.write_many(
+                [
+                    (f"{path}/{key}", str(v).encode(), perms)
+                    for key, v in zip(_KEYS, values, strict=True)
+                ]
+            )
+        except XenStoreError as exc:
+            raise self._refused_to_serve(exc, path) from None
 
     async def withdraw(self, path: str) -> None:
         xs = await self._xenstore()
@@ -146,7 +150,18 @@ class XenStoreAdvertisements(Advertisements):
             await xs.rm(path)
         except XenStoreError as exc:
             if exc.errno != errno.ENOENT:  # gone, parents and all: fine
-                raise
+                raise self._refused_to_serve(exc, path) from None
+
+    def _refused_to_serve(self, exc: XenStoreError, path: str) -> XenStoreError:
+        if exc.errno not in _REFUSALS:
+            return exc
+        own = f"/local/domain/{self._domid}/data"
+        return exc.explained(
+            f"cannot serve at {path}: XenStore does not let domain {self._domid} write the"
+            " advertisement there",
+            f"a domain may write below {own} (where a port name puts the vchan) and where the"
+            " toolstack allows it: give a port name, or a path this domain may write",
+        )
 
     async def tidy(self, path: str) -> None:
         directories = own_directories(self._domid, path)
@@ -242,6 +257,12 @@ class _XenStoreLookup(Lookup):
             for path in self._watched:
                 self._changes.append(await self._stack.enter_async_context(self._xs.watching(path)))
         except XenStoreError as exc:
+            if exc.errno in _REFUSALS:
+                raise exc.explained(
+                    f"cannot connect to the vchan at {self._path}: XenStore does not let this"
+                    " domain watch its advertisement",
+                    f"is this the path that domain {self._server_domid} serves?",
+                ) from None
             if exc.errno not in _QUOTA_ERRNOS:
                 raise
             # The domain's watches are used up (C xenstored allows 128): look now and then.

@@ -20,6 +20,13 @@ class XenStoreError(OSError):
         name = _errno.errorcode.get(errno, str(errno))
         super().__init__(errno, f"{message}: {name} ({os.strerror(errno)})")
 
+    def explained(self, doing: str, advice: str) -> XenStoreError:
+        """This error with what was being done and what to do about it, in one message:
+        ``"<doing> (<request>: <error>); <advice>"``."""
+        error = XenStoreError.__new__(XenStoreError)
+        OSError.__init__(error, self.errno, f"{doing} ({self.strerror}); {advice}")
+        return error
+
 
 class BackendUnavailableError(RuntimeError):
     """No platform to run a vchan on: neither a simulated host nor Xen's devices were found."""

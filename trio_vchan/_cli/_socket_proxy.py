@@ -36,7 +36,7 @@ from ._signals import run_interruptible
 from ._sockets import UnixAddress, reason
 from ._status import CommandError, ExitStatus, describe
 from ._stdio import open_stdin, open_stdout
-from ._waiting import Wait, check_other_domain, refused
+from ._waiting import check_other_domain, refused
 
 PROG: Final = "vchan-socket-proxy"
 #: The most bytes moved at once, either way (the C program's buffers are 8 KiB).
@@ -310,7 +310,6 @@ async def _server(
     backend: Backend,
     log: ProxyLog,
 ) -> int:
-    wait = Wait.between(backend.domid, client, path, listening=True)
     async with _api.VchanListener(client, path, backend=backend) as listener:
         await _announce(state_path, backend)
         log.note(f"serving {path} to domain {client}, forwarding to {where}")
@@ -318,7 +317,7 @@ async def _server(
             try:
                 vchan = await listener.accept()
             except XenStoreError as exc:
-                raise refused(exc, wait) or exc from None
+                raise refused(exc) or exc from None
             async with vchan:
                 if isinstance(where, _Stdio):
                     return await _relay_stdio(vchan, log)

@@ -65,23 +65,12 @@ class GaveUp(CommandError):
         super().__init__(f"gave up after {timeout:g} s waiting for {wait}", ExitStatus.TIMED_OUT)
 
 
-def refused(exc: BaseException, wait: Wait) -> CommandError | None:
-    """A XenStore refusal during setup, said with what was being done and what to do (None:
-    ``exc`` is something else)."""
+def refused(exc: BaseException) -> CommandError | None:
+    """A XenStore refusal during setup (the library's message says what was being done and
+    what to do), as a command error; None: ``exc`` is something else."""
     if not isinstance(exc, XenStoreError) or exc.errno not in (errno.EACCES, errno.EPERM):
         return None
-    if wait.listening:
-        return CommandError(
-            f"cannot serve {wait.port!r}: XenStore does not let this domain write the"
-            f" advertisement at {wait.path} ({exc.strerror}); a domain may write below"
-            " /local/domain/<its domid>/data (where a port name puts the vchan) and where the"
-            " toolstack allows it: give a port name, or a path this domain may write"
-        )
-    return CommandError(
-        f"cannot connect to {wait.port!r}: XenStore does not let this domain read the"
-        f" advertisement at {wait.path} ({exc.strerror}); is this the path that domain"
-        f" {wait.peer} serves?"
-    )
+    return CommandError(exc.strerror or str(exc))
 
 
 def check_other_domain(own_domid: int, peer: int) -> None:
@@ -150,7 +139,7 @@ async def waiting(
                 notice.cancel()
     if isinstance(failure, ValueError) and not set_up:
         raise CommandError(describe(failure), ExitStatus.USAGE) from None
-    explained = None if failure is None or set_up else refused(failure, wait)
+    explained = None if failure is None or set_up else refused(failure)
     if explained is not None:
         raise explained from None
     if failure is not None:
