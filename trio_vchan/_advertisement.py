@@ -41,7 +41,8 @@ _KEYS: Final = ("ring-ref", "event-channel")
 #: How often a client looks for an advertisement when XenStore refuses it another watch.
 POLL_INTERVAL: Final = 0.2
 _QUOTA_ERRNOS: Final = frozenset({errno.E2BIG, errno.ENOSPC, errno.EDQUOT})
-_REFUSALS: Final = frozenset({errno.EACCES, errno.EPERM})  # XenStore said no: a path not ours
+#: XenStore's answers that a path is not this domain's to write or watch.
+REFUSED_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM})
 _log = logging.getLogger("trio_vchan")
 # Transactions per XenStore connection at once: C xenstored allows 10.
 _TRANSACTIONS_AT_ONCE: Final = 4
@@ -153,7 +154,7 @@ class XenStoreAdvertisements(Advertisements):
                 raise self._refused_to_serve(exc, path) from None
 
     def _refused_to_serve(self, exc: XenStoreError, path: str) -> XenStoreError:
-        if exc.errno not in _REFUSALS:
+        if exc.errno not in REFUSED_ERRNOS:
             return exc
         own = f"/local/domain/{self._domid}/data"
         return exc.explained(
@@ -257,7 +258,7 @@ class _XenStoreLookup(Lookup):
             for path in self._watched:
                 self._changes.append(await self._stack.enter_async_context(self._xs.watching(path)))
         except XenStoreError as exc:
-            if exc.errno in _REFUSALS:
+            if exc.errno in REFUSED_ERRNOS:
                 raise exc.explained(
                     f"cannot connect to the vchan at {self._path}: XenStore does not let this"
                     " domain watch its advertisement",

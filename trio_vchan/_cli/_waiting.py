@@ -9,7 +9,6 @@ never came instead of hanging.
 
 from __future__ import annotations
 
-import errno
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +17,7 @@ from typing import Final
 import attrs
 import trio
 
+from .._advertisement import REFUSED_ERRNOS
 from .._errors import XenStoreError
 from .._handshake import vchan_path
 from ._status import CommandError, ExitStatus, describe
@@ -68,7 +68,7 @@ class GaveUp(CommandError):
 def refused(exc: BaseException) -> CommandError | None:
     """A XenStore refusal during setup (the library's message says what was being done and
     what to do), as a command error; None: ``exc`` is something else."""
-    if not isinstance(exc, XenStoreError) or exc.errno not in (errno.EACCES, errno.EPERM):
+    if not isinstance(exc, XenStoreError) or exc.errno not in REFUSED_ERRNOS:
         return None
     return CommandError(exc.strerror or str(exc))
 
