@@ -76,6 +76,11 @@ class Lookup(Protocol):
         """
         ...
 
+    async def current(self) -> Advertised | None:
+        """The advertisement there now (None: none), without waiting; the next
+        :meth:`next` still waits for the changes since its last answer."""
+        ...
+
 
 class Advertisements(Protocol):
     """Publishing and finding advertisements: everything the handshake needs of XenStore."""
@@ -253,6 +258,9 @@ class _XenStoreLookup(Lookup):
             if len(self._changes) > 1:  # we hear of destroyed domains
                 await self._check_server_domain()
 
+    async def current(self) -> Advertised | None:
+        return await self._read()
+
     async def _watch(self) -> None:
         try:
             for path in self._watched:
@@ -377,3 +385,8 @@ class _MemoryLookup(Lookup):
                 await trio.lowlevel.checkpoint()
                 return entry[1]
             await self._store._changed.wait()
+
+    async def current(self) -> Advertised | None:
+        await trio.lowlevel.checkpoint()
+        entry = self._store.entries.get(self._path)
+        return None if entry is None else entry[1]

@@ -449,7 +449,15 @@ async def connect_endpoint(
     async with advertisements.lookup(server_domid, path) as lookup:
         while True:
             advertised = await lookup.next()
-            endpoint = _attach_to(backend, server_domid, path, advertised)
+            try:
+                endpoint = _attach_to(backend, server_domid, path, advertised)
+            except FileNotFoundError:
+                # No such grant: if the advertisement has changed since, ours was stale (the
+                # listener's next one reused its port number, so the bind went through); if
+                # not, this advertisement names a page that is not there.
+                if await lookup.current() != advertised:
+                    continue
+                raise
             if endpoint is not None:
                 return endpoint
 
