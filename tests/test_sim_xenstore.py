@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tracemalloc
@@ -438,3 +440,43 @@ async def test_transactions_creating_siblings_at_once_all_commit(host: Simulated
         await a.rm("data/dir")
     for backend in backends:
         backend.close()
+
+
+async def test_watch_events_a_full_socket_did_not_take_arrive_once_the_client_reads(
+    host: SimulatedHost,
+) -> None:
+    # The watcher waits for its events without sending a request: what its socket did not
+    # take must still be written once it reads (not only when it sends its next request).
+    host.add_domain(1)
+    path = os.path.join(host.directory, "domains", "1", "xenstore")
+    watcher, writer = trio.socket.socket(socket.AF_UNIX), trio.socket.socket(socket.AF_UNIX)
+    with watcher, writer:
+        await watcher.connect(path)
+        await writer.connect(path)
+
+        async def send(sock: trio.socket.SocketType, kind: int, payload: bytes) -> None:
+            await sock.send(struct.pack("<4I", kind, 0, 0, len(payload)) + payload)
+
+        async def receive(sock: trio.socket.SocketType) -> tuple[int, bytes]:
+            data = b""
+            while len(data) < 16 or len(data) < 16 + struct.unpack_from("<4I", data)[3]:
+                want = 16 if len(data) < 16 else 16 + struct.unpack_from("<4I", data)[3]
+                chunk = await sock.recv(want - len(data))
+                assert chunk, "the store hung up"
+                data += chunk
+            return struct.unpack_from("<4I", data)[0], data[16:]
+
+        name = "n" * 1500  # ~1.5 KiB an event: a few hundred fill the host's socket buffer
+        await send(watcher, MessageType.WATCH, b"data/spam\0tok\0")
+        assert (await receive(watcher))[0] == MessageType.WATCH
+        assert (await receive(watcher))[0] == MessageType.WATCH_EVENT  # the first, at once
+        count = 400
+        for i in range(count):
+            await send(writer, MessageType.WRITE, f"data/spam/{name}\0{i}".encode())
+            assert (await receive(writer))[0] == MessageType.WRITE
+        await send(writer, MessageType.RM, b"data/spam\0")
+        assert (await receive(writer))[0] == MessageType.RM
+        with trio.fail_after(10):
+            for _ in range(count + 1):  # and the RM's
+                kind, body = await receive(watcher)
+                assert kind == MessageType.WATCH_EVENT, body
