@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 import tracemalloc
@@ -18,6 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 from conftest import missing_xen_tool
+from raw_xenstore import RawConnection
 from sim_agent import AgentError, agent
 
 from trio_vchan import XenStoreError
@@ -449,34 +448,22 @@ async def test_watch_events_a_full_socket_did_not_take_arrive_once_the_client_re
     # take must still be written once it reads (not only when it sends its next request).
     host.add_domain(1)
     path = os.path.join(host.directory, "domains", "1", "xenstore")
-    watcher, writer = trio.socket.socket(socket.AF_UNIX), trio.socket.socket(socket.AF_UNIX)
-    with watcher, writer:
-        await watcher.connect(path)
-        await writer.connect(path)
-
-        async def send(sock: trio.socket.SocketType, kind: int, payload: bytes) -> None:
-            await sock.send(struct.pack("<4I", kind, 0, 0, len(payload)) + payload)
-
-        async def receive(sock: trio.socket.SocketType) -> tuple[int, bytes]:
-            data = b""
-            while len(data) < 16 or len(data) < 16 + struct.unpack_from("<4I", data)[3]:
-                want = 16 if len(data) < 16 else 16 + struct.unpack_from("<4I", data)[3]
-                chunk = await sock.recv(want - len(data))
-                assert chunk, "the store hung up"
-                data += chunk
-            return struct.unpack_from("<4I", data)[0], data[16:]
-
+    watcher = RawConnection(await trio.open_unix_socket(path))
+    writer = RawConnection(await trio.open_unix_socket(path))
+    async with watcher.stream, writer.stream:
         name = "n" * 1500  # ~1.5 KiB an event: a few hundred fill the host's socket buffer
-        await send(watcher, MessageType.WATCH, b"data/spam\0tok\0")
-        assert (await receive(watcher))[0] == MessageType.WATCH
-        assert (await receive(watcher))[0] == MessageType.WATCH_EVENT  # the first, at once
+        await watcher.send(MessageType.WATCH, b"data/spam\0tok\0")
+        for expected in (MessageType.WATCH, MessageType.WATCH_EVENT):  # the first event at once
+            reply = await watcher.receive()
+            assert reply is not None
+            assert reply.type == expected, reply
         count = 400
         for i in range(count):
-            await send(writer, MessageType.WRITE, f"data/spam/{name}\0{i}".encode())
-            assert (await receive(writer))[0] == MessageType.WRITE
-        await send(writer, MessageType.RM, b"data/spam\0")
-        assert (await receive(writer))[0] == MessageType.RM
+            reply = await writer.request(MessageType.WRITE, f"data/spam/{name}\0{i}".encode())
+            assert reply.type == MessageType.WRITE, reply
+        assert (await writer.request(MessageType.RM, b"data/spam\0")).type == MessageType.RM
         with trio.fail_after(10):
             for _ in range(count + 1):  # and the RM's
-                kind, body = await receive(watcher)
-                assert kind == MessageType.WATCH_EVENT, body
+                event = await watcher.receive()
+                assert event is not None
+                assert event.type == MessageType.WATCH_EVENT, event
