@@ -421,6 +421,31 @@ trio.run(main)
 """
 
 
+PORTS_CHILD = """
+from trio_vchan.sim import backend_from_environ
+backend = backend_from_environ()
+ports = [backend.events.bind_unbound(0) for _ in range(3)]
+try:
+    backend.events.bind_unbound(0)
+except OSError as exc:
+    print(exc.strerror)
+"""
+
+
+CHILD_COMMAND = [sys.executable, *SAFE_PATH, "-c", PORTS_CHILD]
+
+
+async def test_max_event_channels_limits_each_domain() -> None:
+    with trio.fail_after(TIMEOUT):
+        result = await trio.run_process(
+            [*CLI, "--max-event-channels", "3", "--domid", "1", "--", *CHILD_COMMAND],
+            env=clean_env(),
+            capture_stdout=True,
+        )
+    # The fourth bind is refused with the host's reason (three succeeded first).
+    assert result.stdout.decode().strip().endswith(": domain 1 has all its 3 event channels open")
+
+
 async def test_domains_are_named_with_name() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIO_VCHAN_")}
     with trio.fail_after(TIMEOUT):
@@ -510,6 +535,14 @@ async def test_xen_libs_preload_the_shim_before_an_inherited_preload() -> None:
         (["--join", "--dir", "{nowhere}", "--", "true"], {}, 1, "no simulated host is running"),
         (["--join"], {"TRIO_VCHAN_SIM": "{host}"}, 2, "--join needs a COMMAND"),
         (["--join", "--name", "1=a", "--", "true"], {}, 2, "--name names the domains"),
+        (
+            ["--join", "--max-event-channels", "9", "--", "true"],
+            {"TRIO_VCHAN_SIM": "{host}"},
+            2,
+            "--max-event-channels configures a host being started",
+        ),
+        (["--max-event-channels", "0", "--", "true"], {}, 2, "must be 1 to 131072"),
+        (["--background", "--max-event-channels", "131073"], {}, 2, "must be 1 to 131072"),
         (
             ["--join", "--", "true"],
             {"TRIO_VCHAN_SIM": "{host}", "TRIO_VCHAN_DOMID": "x"},

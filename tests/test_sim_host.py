@@ -330,6 +330,31 @@ async def test_event_channel_semantics(host: SimulatedHost) -> None:
     b1.close()
 
 
+async def test_a_domain_has_at_most_its_event_channels_lowest_numbers_first() -> None:
+    with pytest.raises(ValueError, match="1 to 131072"):
+        SimulatedHost(max_event_channels=(1 << 17) + 1)
+    async with SimulatedHost(max_event_channels=5) as host:
+        b0, b1 = host.backend(0), host.backend(1)
+        ports = [b0.events.bind_unbound(1) for _ in range(5)]
+        assert [p.port for p in ports] == [1, 2, 3, 4, 5]
+        with pytest.raises(OSError, match="all its 5 event channels open") as exc_info:
+            b0.events.bind_unbound(1)
+        assert exc_info.value.errno == errno.ENOSPC
+        client = b1.events.bind_interdomain(0, ports[3].port)  # the limit is per domain
+        ports[3].close()
+        ports[1].close()
+        # Xen hands out the lowest free number: 2, then 4, then the next new one is refused.
+        again = [b0.events.bind_unbound(1) for _ in range(2)]
+        assert [p.port for p in again] == [2, 4]
+        with pytest.raises(OSError, match="event channels open"):
+            b0.events.bind_unbound(1)
+        for channel in [*ports, *again, client]:
+            channel.close()
+        b0.close()
+        b1.close()
+        assert host.leaks() == []
+
+
 async def test_grant_errors_and_ref_reuse(host: SimulatedHost) -> None:
     b0, b1 = host.backend(0), host.backend(1)
     first = b0.memory.share(1, 1)

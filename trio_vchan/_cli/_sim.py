@@ -15,7 +15,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -25,6 +25,9 @@ from .._sim._proto import ENV_DIR, ENV_DOMID, MESSAGE_MAX, Op, Reply, Request
 from .._xenshim import missing as xen_libs_missing
 from .._xenshim import program_environ, xen_environ
 from ._options import domid as domid_type
+
+if TYPE_CHECKING:
+    from .._sim._host import SimulatedHost
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -147,6 +150,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
+        "--max-event-channels",
+        metavar="N",
+        type=int,
+        help=(
+            "the event channels each domain may have open at once, as xl's option of that "
+            "name (default 4096, at most 131072)"
+        ),
+    )
+    parser.add_argument(
         "--domid",
         metavar="N",
         type=domid_type,
@@ -168,12 +180,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _configured(directory: str | None, args: argparse.Namespace) -> SimulatedHost:
+    """The host the options ask for, not started (imported only by the commands that start
+    one: every trio-vchan command imports this module, and the others start faster without
+    the host and its XenStore)."""
+    from .._sim._host import SimulatedHost
+    from .._sim._host_state import EVENT_CHANNELS_DEFAULT
+
+    channels = args.max_event_channels
+    return SimulatedHost(
+        directory,
+        names=_names(args.name),
+        max_event_channels=EVENT_CHANNELS_DEFAULT if channels is None else channels,
+    )
+
+
 def _domain_name(text: str) -> tuple[int, str]:
     """Parse ``--name DOMID=NAME``."""
     domid_text, sep, name = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected DOMID=NAME, not {text!r}")
-    from .._sim._host import check_domain_name  # here, as SimulatedHost below
+    from .._sim._host import check_domain_name  # here, as in _configured
 
     try:
         return parse_domid(domid_text), check_domain_name(name)
@@ -380,6 +407,8 @@ def _usage_problem(args: argparse.Namespace, command: list[str]) -> str | None:
         return "--join needs a COMMAND to run (trio-vchan sim --join -- COMMAND ...)"
     if args.join and args.name:
         return "--name names the domains of a host being started, not with --join"
+    if (args.join or args.stop or args.destroy is not None) and args.max_event_channels is not None:
+        return "--max-event-channels configures a host being started"
     if args.xen_libs and not command:
         return (
             "--xen-libs preloads the shim into a COMMAND; give one after --, or join a "
@@ -460,17 +489,15 @@ async def _run_background(args: argparse.Namespace, command: list[str]) -> int:
             print(f"trio-vchan sim: {problem}", file=sys.stderr)
             return 2
         argv += ["--dir", os.fspath(directory)]
-    # The host is imported only by the commands that start one: every trio-vchan command
-    # imports this module, and the others start faster without the host and its XenStore.
-    from .._sim._host import SimulatedHost
-
     try:
-        SimulatedHost(names=_names(args.name))  # the names' checks, before the host starts
+        _configured(None, args)  # the checks, before the host starts
     except ValueError as exc:
         print(f"trio-vchan sim: {exc}", file=sys.stderr)
         return 2
     for domid, name in args.name:
         argv += ["--name", f"{domid}={name}"]
+    if args.max_event_channels is not None:
+        argv += ["--max-event-channels", str(args.max_event_channels)]
     process = await trio.lowlevel.open_process(
         argv,
         stdin=subprocess.DEVNULL,
@@ -551,10 +578,8 @@ async def run(args: argparse.Namespace) -> int:
         if problem:
             print(f"trio-vchan sim: {problem}", file=sys.stderr)
             return 2
-    from .._sim._host import SimulatedHost  # here, as in _run_background
-
     try:
-        configured = SimulatedHost(args.dir, names=_names(args.name))
+        configured = _configured(args.dir, args)
     except ValueError as exc:
         print(f"trio-vchan sim: {exc}", file=sys.stderr)
         return 2

@@ -41,7 +41,7 @@ import trio
 from .._backend import PAGE_SIZE, Backend, check_domid
 from ._client import hello, join, make_backend, parse_environ
 from ._fds import ANCILLARY_SPACE, close_quietly, fds_ancillary, received_fds
-from ._host_state import LocalTransport, PlatformState, Result
+from ._host_state import EVENT_CHANNELS_DEFAULT, LocalTransport, PlatformState, Result
 from ._proto import ENV_DIR, ENV_DOMID, MESSAGE_MAX, VERSION, Op, Reply, Request, domain_dir, ok
 from ._xenstored import XenStoreServer
 
@@ -86,10 +86,13 @@ class SimulatedHost:
             empty, and keeps its mode.
         names: names of domains, by domain id (see :meth:`name_domain`); dom0 is
             ``"Domain-0"`` unless named here.
+        max_event_channels: the ports each domain may have open at once, as xl's option of
+            that name: 4096 unless given (the 2-level event-channel ABI's limit), at most
+            131072 (the FIFO ABI's). A bind past it fails with ``ENOSPC``.
 
     Raises:
         TypeError, ValueError: a domain id or a name in ``names`` is not valid, or two
-            domains have the same name.
+            domains have the same name; ``max_event_channels`` is out of range.
     """
 
     #: The hosts running in this process, by their directory's real path.
@@ -100,7 +103,9 @@ class SimulatedHost:
         directory: str | os.PathLike[str] | None = None,
         *,
         names: Mapping[int, str] | None = None,
+        max_event_channels: int = EVENT_CHANNELS_DEFAULT,
     ) -> None:
+        self._platform = PlatformState(max_event_channels)
         self._names: dict[int, str] = {0: DOM0_NAME}
         for domid, name in (names or {}).items():
             self._set_name(check_domid(domid), name)
@@ -108,7 +113,6 @@ class SimulatedHost:
         self._directory: Path | None = None
         self._real_directory = ""  # the key of _in_this_process
         self._created_directory = False
-        self._platform = PlatformState()
         self._xenstore: XenStoreServer | None = None
         self._xenstore_baseline: set[str] = set()
         self._domains: dict[int, _ServedDomain] = {}

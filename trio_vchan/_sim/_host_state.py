@@ -50,7 +50,11 @@ log = logging.getLogger(__name__)
 #: Xen keeps grant refs 0..7 for the toolstack; gntalloc hands out refs above them.
 FIRST_REF: Final = 8
 MAX_REFS_PER_DOMAIN: Final = 32768  # Xen's default: 64 grant frames of 512 v1 entries
-MAX_PORTS_PER_DOMAIN: Final = 4096  # the 2-level event-channel ABI's limit on 64-bit
+#: Ports a domain may have open unless the host is told otherwise: the 2-level event-channel
+#: ABI's limit on 64-bit (xl's ``max_event_channels`` defaults lower, to 1023 and more per vCPU).
+EVENT_CHANNELS_DEFAULT: Final = 4096
+#: The most a host may allow: the FIFO event-channel ABI's limit (2**17 ports).
+EVENT_CHANNELS_MAX: Final = 1 << 17
 MAX_HANDLES_PER_CONNECTION: Final = 16384
 
 
@@ -151,6 +155,8 @@ class _Map:
 class _Domain:
     domid: int
     ports: dict[int, _Port] = attrs.field(factory=dict)
+    free_ports: list[int] = attrs.field(factory=list)  # a heap of closed port numbers
+    next_port: int = 1  # port 0 is never bound, as in Xen
     grants: dict[int, _Grant] = attrs.field(factory=dict)
     free_refs: list[int] = attrs.field(factory=list)  # a heap of released refs
     next_ref: int = FIRST_REF
@@ -173,7 +179,15 @@ def _fire(fd: int) -> None:
 class PlatformState:
     """The host's event-channel and grant state, and the request handlers. Synchronous."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_channels: int = EVENT_CHANNELS_DEFAULT) -> None:
+        """``max_event_channels``: the ports each domain may have open at once (1 to
+        :data:`EVENT_CHANNELS_MAX`), as xl's ``max_event_channels``."""
+        if not 1 <= max_event_channels <= EVENT_CHANNELS_MAX:
+            raise ValueError(
+                f"a domain's event channels must be 1 to {EVENT_CHANNELS_MAX} (the FIFO ABI's"
+                f" limit), not {max_event_channels}"
+            )
+        self.max_event_channels = max_event_channels
         self.domains: dict[int, _Domain] = {}
         #: Destroyed domains whose grants other domains still map (Xen's zombie domains).
         self.dying: list[_Domain] = []
@@ -317,15 +331,23 @@ class PlatformState:
         self, conn: PlatformConnection, remote_domid: int, wait_fd: int, notify_fd: int
     ) -> _Port:
         domain = self.domains[conn.domid]
-        number = next(n for n in range(1, MAX_PORTS_PER_DOMAIN + 2) if n not in domain.ports)
+        # The lowest free number, as Xen allocates them.
+        if domain.free_ports:
+            number = heapq.heappop(domain.free_ports)
+        else:
+            number = domain.next_port
+            domain.next_port += 1
         port = _Port(conn.domid, number, remote_domid, wait_fd, notify_fd, conn)
         domain.ports[number] = port
         conn.ports[number] = port
         return port
 
     def _check_port_space(self, conn: PlatformConnection) -> None:
-        if len(self.domains[conn.domid].ports) >= MAX_PORTS_PER_DOMAIN:
-            raise _RequestError(errno.ENOSPC, f"domain {conn.domid} has no free port")
+        if len(self.domains[conn.domid].ports) >= self.max_event_channels:
+            raise _RequestError(
+                errno.ENOSPC,
+                f"domain {conn.domid} has all its {self.max_event_channels} event channels open",
+            )
 
     def _bind_unbound(self, conn: PlatformConnection, remote_domid: int) -> Result:
         self._check_port_space(conn)
@@ -385,7 +407,9 @@ class PlatformState:
 
     def _finish_close(self, port: _Port) -> None:
         port.closed = True
-        del self.domains[port.domid].ports[port.number]
+        domain = self.domains[port.domid]
+        del domain.ports[port.number]
+        heapq.heappush(domain.free_ports, port.number)
         peer = port.peer
         if peer is not None and not peer.closed:
             peer.state = PortState.PEER_CLOSED
