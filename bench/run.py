@@ -57,34 +57,6 @@ RUN_TIMEOUT = 600
 
 
 @attrs.frozen
-class Plan:
-    repetitions: int
-    bytes_per_run: int  # for large writes
-    writes_per_run: int  # caps the volume of small writes, so every run takes similar time
-    ring_fills: int  # caps the volume through small rings (in ring sizes)
-    round_trips: int
-    scale_counts: tuple[int, ...]
-    scale_bytes: int
-    copy_bytes: int  # the file-to-file copy
-    # connection setup, trio-vchan against C libxenvchan
-    setup_repetitions: int  # each one runs trio-vchan, then C
-    setup_warmup: int  # untimed sequential connections first (process start-up, first use)
-    setup_connections: int  # timed sequential connections
-    setup_ports: int  # listeners (and clients) at once
-    setup_rounds: int  # timed concurrent rounds, after one untimed
-
-
-FULL = Plan(
-    3, 256 * MIB, 200_000, 16384, 3000, (1, 10, 100, 1000), 256 * MIB, 256 * MIB, 7, 3, 200, 100, 3
-)
-SMOKE = Plan(1, 4 * MIB, 2000, 64, 50, (1, 10), 4 * MIB, 4 * MIB, 1, 1, 5, 8, 1)
-#: The rings of every setup benchmark: trio-vchan's default, asked of libxenvchan too.
-SETUP_RING = 64 * KIB
-#: Seconds any one setup run may take (the C programs also kill themselves after it).
-SETUP_TIMEOUT = 120
-
-
-@attrs.frozen
 class Ring:
     """The minimum ring sizes a one-way cell's server asks for; the server is the sender.
 
@@ -101,6 +73,69 @@ class Ring:
 
 
 RINGS = (Ring(KIB, 2 * KIB), Ring(64 * KIB, 64 * KIB), Ring(MIB, MIB))
+#: Many vchans at once: each with a 64 KiB ring, then with both rings in the shared page (a
+#: grant each: 10,000 vchans of 18 grants would not fit a domain's 32768 grant refs, as on Xen).
+SCALE_RING, IN_PAGE_RING = Ring(4 * KIB, 64 * KIB), RINGS[0]
+#: Event channels per domain for the many-vchans runs, as xl's max_event_channels would be set
+#: for a domain with 10,000 vchans (the simulated host's default is Xen's 2-level ABI's 4096).
+SCALE_EVENT_CHANNELS = 16384
+
+
+@attrs.frozen
+class Plan:
+    repetitions: int
+    bytes_per_run: int  # for large writes
+    writes_per_run: int  # caps the volume of small writes, so every run takes similar time
+    ring_fills: int  # caps the volume through small rings (in ring sizes)
+    round_trips: int
+    scale: tuple[tuple[int, Ring], ...]  # vchans at once, the rings' sizes
+    scale_bytes: int
+    copy_bytes: int  # the file-to-file copy
+    # connection setup, trio-vchan against C libxenvchan
+    setup_repetitions: int  # each one runs trio-vchan, then C
+    setup_warmup: int  # untimed sequential connections first (process start-up, first use)
+    setup_connections: int  # timed sequential connections
+    setup_ports: int  # listeners (and clients) at once
+    setup_rounds: int  # timed concurrent rounds, after one untimed
+
+
+FULL = Plan(
+    3,
+    256 * MIB,
+    200_000,
+    16384,
+    3000,
+    tuple((n, SCALE_RING) for n in (1, 10, 100, 1000))
+    + tuple((n, IN_PAGE_RING) for n in (1000, 5000, 10_000)),
+    256 * MIB,
+    256 * MIB,
+    7,
+    3,
+    200,
+    100,
+    3,
+)
+SMOKE = Plan(
+    1,
+    4 * MIB,
+    2000,
+    64,
+    50,
+    ((1, SCALE_RING), (10, SCALE_RING), (10, IN_PAGE_RING)),
+    4 * MIB,
+    4 * MIB,
+    1,
+    1,
+    5,
+    8,
+    1,
+)
+#: The rings of every setup benchmark: trio-vchan's default, asked of libxenvchan too.
+SETUP_RING = 64 * KIB
+#: Seconds any one setup run may take (the C programs also kill themselves after it).
+SETUP_TIMEOUT = 120
+
+
 #: The cells of the mixed pairs (one end trio-vchan, the other C): which side bounds.
 MIXED_WRITES, MIXED_RING = (64, KIB, 64 * KIB), RINGS[-1]
 
@@ -538,13 +573,16 @@ async def measure(plan: Plan) -> dict[str, Any]:
         results["c_unavailable"] = c if isinstance(c, str) else None
         if isinstance(c, str):
             print(f"C libxenvchan not measured: {c}", file=sys.stderr)
-        async with SimulatedHost() as host:
+        from workers import raise_fd_limit  # bench/: this script's directory
+
+        fd_limit = raise_fd_limit()  # the host's, for the many vchans
+        async with SimulatedHost(max_event_channels=SCALE_EVENT_CHANNELS) as host:
             runner = Runner(host, c)
             results["rings"] = await check_rings(runner)
             results["one_way"] = await measure_one_way(runner, plan)
             results["round_trips"] = await measure_round_trips(runner, plan)
             results["copy"] = await measure_copy(runner, plan, Path(directory))
-            results["scale"] = await measure_scale(runner, plan)
+            results["scale"] = await measure_scale(runner, plan, fd_limit)
             results["setup"] = await measure_setup(runner, plan)
     return results
 
@@ -633,24 +671,47 @@ def same_file(first: Path, second: Path) -> bool:
                 return True
 
 
-async def measure_scale(runner: Runner, plan: Plan) -> list[dict[str, Any]]:
-    entries = []
+#: File descriptors per vchan: in the client's process (its event channel's two eventfds) and
+#: in the host's (the eventfds once more, and a memfd per share: 1 with in-page rings, which
+#: the large counts use; 3 with external rings). Plus what any process holds besides.
+CLIENT_FDS_PER_VCHAN, HOST_FDS_PER_VCHAN, FDS_BESIDES = 2, 3, 200
+
+
+def scale_fds_missing(count: int, fd_limit: int) -> str | None:
+    """Why ``count`` vchans cannot run under ``fd_limit`` here, or None if they can."""
+    needed = count * max(CLIENT_FDS_PER_VCHAN, HOST_FDS_PER_VCHAN) + FDS_BESIDES
+    if needed <= fd_limit:
+        return None
+    return (
+        f"needs about {needed} fds in the host's process ({HOST_FDS_PER_VCHAN} per vchan) and"
+        f" the fd limit is {fd_limit} (only a process with CAP_SYS_RESOURCE may raise it)"
+    )
+
+
+async def measure_scale(runner: Runner, plan: Plan, fd_limit: int) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
     host = runner.host
-    for count in plan.scale_counts:
+    for count, ring in plan.scale:
+        cell = {"count": count, "read_size": ring.read_size, "write_size": ring.write_size}
+        missing = scale_fds_missing(count, fd_limit)
+        if missing is not None:
+            entries.append(cell | {"not_run": missing})
+            print(f"scale {count}: not run: {missing}", file=sys.stderr)
+            continue
         runs = []
         for _ in range(plan.repetitions):
             params = [f"count={count}", f"total={plan.scale_bytes}"]
+            rings = [f"{key}={value}" for key, value in ring.params().items()]
             # The server is dom0: a guest's XenStore quota (1000 nodes, as C xenstored's)
             # does not hold 1000 advertisements at once.
             _, client = await runner.pair(
-                ["scale", "serve", str(CLIENT), "-", *params],
+                ["scale", "serve", str(CLIENT), "-", *params, *rings],
                 ["scale", "connect", "0", "-", *params],
                 (host.environ(0), host.environ(CLIENT)),
             )
             runs.append(client)
         entries.append(
-            {"count": count}
-            | {key: median([run[key] for run in runs]) for key in runs[0] if key != "received"}
+            cell | {key: median([run[key] for run in runs]) for key in runs[0] if key != "received"}
         )
         print(f"scale {count}: done", file=sys.stderr)
     return entries

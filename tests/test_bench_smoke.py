@@ -75,7 +75,11 @@ def test_bench_smoke_produces_results_and_report(smoke: Path) -> None:
         for name in ("trio_vchan", "trio_vchan_busy_poll", "socketpair"):
             assert ping["latency"][name]["median_us"] > 0
     assert found["copy"]["MBps"]["trio_vchan"] > 0
-    assert [s["count"] for s in found["scale"]] == [1, 10]
+    assert [(s["count"], s["write_size"]) for s in found["scale"]] == [
+        (1, 65536),
+        (10, 65536),
+        (10, 2048),
+    ]
     assert all(s["aggregate_bytes_per_second"] > 0 for s in found["scale"])
     report = (smoke / "performance.md").read_text()
     assert "## Targets" in report
