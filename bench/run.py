@@ -672,9 +672,9 @@ def same_file(first: Path, second: Path) -> bool:
 
 
 #: File descriptors per vchan: in the client's process (its event channel's two eventfds) and
-#: in the host's (the eventfds once more, and a memfd per share: 1 with in-page rings, which
+#: in the host's (each eventfd twice, and a memfd per share: 1 with in-page rings, which
 #: the large counts use; 3 with external rings). Plus what any process holds besides.
-CLIENT_FDS_PER_VCHAN, HOST_FDS_PER_VCHAN, FDS_BESIDES = 2, 3, 200
+CLIENT_FDS_PER_VCHAN, HOST_FDS_PER_VCHAN, FDS_BESIDES = 2, 5, 200
 
 
 def scale_fds_missing(count: int, fd_limit: int) -> str | None:
