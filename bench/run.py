@@ -106,7 +106,7 @@ FULL = Plan(
     16384,
     3000,
     tuple((n, SCALE_RING) for n in (1, 10, 100, 1000))
-    + tuple((n, IN_PAGE_RING) for n in (1000, 5000, 10_000)),
+    + tuple((n, IN_PAGE_RING) for n in (1000, 3000, 10_000)),
     256 * MIB,
     256 * MIB,
     7,
