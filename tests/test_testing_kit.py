@@ -209,3 +209,28 @@ async def test_the_hostile_client_refuses_a_page_whose_rings_do_not_map(
                 await server.end()
                 assert await server.serve(7, path, seed=0, honest=True) == []
             # and the client took the good page
+
+
+async def test_the_hostile_client_stops_scribbling_on_a_page_offered_afresh() -> None:
+    """A server drops a broken handshake and offers the same page again, reset under the
+    hostile client's mapping. The client reports the reset as violations and that the server
+    closed our port, and mutates nothing more: setting cli_live on the fresh page would answer
+    the new offer, and the server would serve a client that had given it up (seen once in CI
+    as "the server wrote outside its fields")."""
+    command = [sys.executable, BROKEN_SERVER, "attacked", "7", "--correct"]
+    path = vchan_path(1, 7, "attacked")
+    async with simulated_host() as host, hostile_peer(host, 7) as client:
+        await host.start_process(1, command)
+        reply = await client.call("attach", seed=36, victim=1, path=path)
+        assert reply["notes"] == ["initial own live byte 3"]  # the server drops this one
+        with trio.fail_after(30):
+            while not (result := await client.quiet(0)).violations:  # noqa: ASYNC110
+                await trio.sleep(0.01)  # the server's writes: nothing to wait on
+        assert result.dropped
+        after = await client.mutate(5)
+        assert (after.done, after.dropped) == ([], True)
+        assert after.violations
+        observer = host.backend(7)
+        async with XenStoreClient(await observer.connect_xenstore()) as xs:
+            await trio.sleep(0.2)  # a scribble would have connected by now
+            assert int(await xs.read(f"{path}/ring-ref")) == reply["ref"]  # still offered

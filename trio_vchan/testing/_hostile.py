@@ -48,8 +48,12 @@ class Mutations:
     done: list[str]
     #: Bytes the victim changed since the previous command although the protocol gives it no
     #: right to: the peer's indices and live byte, the orders and grant refs, the ring the
-    #: victim reads, the unused parts of the page. Empty for a correct victim.
+    #: victim reads, the unused parts of the page. Empty for a correct victim. When there
+    #: are some, nothing was mutated.
     violations: list[str]
+    #: With violations: whether the victim had closed its end of the event channel, so that
+    #: it ended this vchan before it wrote (a server offering the same pages afresh).
+    dropped: bool = False
 
 
 @final
@@ -127,15 +131,19 @@ class HostilePeer:
     async def mutate(self, count: int) -> Mutations:
         """Make ``count`` mutations of the connected vchan, as the seed says: writes and reads
         that follow the protocol, arbitrary indices, orders, live and notify bytes and grant
-        refs, garbage in both rings, floods of events, closing the event channel, leaving."""
+        refs, garbage in both rings, floods of events, closing the event channel, leaving.
+        It stops early once the victim has closed its end of the event channel (the victim
+        may be offering the same pages afresh), and mutates nothing while the last command's
+        violations stand."""
         reply = await self.call("mutate", count=count)
-        return Mutations(reply["done"], reply["violations"])
+        return Mutations(reply["done"], reply["violations"], reply["dropped"])
 
     async def quiet(self, seconds: float) -> Mutations:
         """Mutate for ``seconds`` without sending one event: a victim that waits must stay
         asleep (and use no CPU)."""
         reply = await self.call("quiet", seconds=seconds)
-        return Mutations([f"{reply['count']} mutations without events"], reply["violations"])
+        done = [f"{reply['count']} mutations without events"]
+        return Mutations(done, reply["violations"], reply["dropped"])
 
     async def end(self) -> None:
         """Release everything (the host clears our live byte and notifies the victim, as
@@ -331,7 +339,7 @@ async def _attack(
                 mutations += len(result.done) if step else 0
                 log.append(f"mutations {result.done}")
                 if result.violations:
-                    if await dropped_us(ours):
+                    if result.dropped or await dropped_us(ours):
                         log.append("the server offered the port afresh")
                         break
                     raise misbehaved(f"the server wrote outside its fields: {result.violations}")

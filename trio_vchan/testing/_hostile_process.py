@@ -29,7 +29,10 @@ driver, :class:`trio_vchan.testing.HostilePeer`):
 Every reply to ``mutate`` and ``quiet`` also carries ``violations``: bytes that the victim
 changed since our last command although the protocol gives it no right to write them (the
 peer's indices and live byte, orders, grant refs, the ring it reads, unused parts of the page).
-The check is skipped when the setup made the victim's rings overlap other memory.
+The check is skipped when the setup made the victim's rings overlap other memory. A command
+that finds violations mutates nothing (a server may have reset the page to offer it afresh,
+and setting our live byte on it would answer that offer) and says in ``dropped`` whether the
+victim has closed its end of our event channel.
 
 Everything the generator does is a function of the seed and of the commands, so a driver that
 issues the same commands replays the same mutations.
@@ -48,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
+from .._backend import ChannelStatus
 from .._errors import ProtocolError
 from .._layout import (
     CLI_LIVE,
@@ -102,6 +106,8 @@ _WEIGHTS: Final = {
 }
 #: Kinds left out of a quiet phase: they send events or end the vchan.
 _LOUD: Final = frozenset({"events", "close", "exit"})
+#: What mutate says when it stopped because the victim closed its end of our event channel.
+_STOPPED: Final = "stopped: the victim closed its port"
 _INDEX_FIELDS: Final = {
     "left.cons": LEFT_CONS,
     "left.prod": LEFT_PROD,
@@ -245,6 +251,11 @@ class _Vchan:
                     f"{before[where]:#x} -> {now[where]:#x}"
                 )
         return found
+
+    def dropped(self) -> bool:
+        """Whether the victim closed its end of our event channel: it has ended this vchan,
+        and what it writes to the pages afterwards (offering them afresh) is not this vchan's."""
+        return not self.port_closed and self.channel.status() is ChannelStatus.PEER_CLOSED
 
     def notify(self) -> None:
         if not (self.port_closed or self.muted):
@@ -574,6 +585,11 @@ class Hostile:
         weights = [self.weights[k] for k in kinds]
         done = []
         for _ in range(count):
+            # The victim may reset the pages to offer them afresh: hands off. (Not while
+            # quiet: asking the host costs the victim's host CPU, which a quiet phase measures.)
+            if not quiet and vchan.dropped():
+                done.append(_STOPPED)
+                break
             (kind,) = self.rng.choices(kinds, weights)
             function: Callable[[_Vchan], str] = getattr(self, f"_{kind}")
             done.append(function(vchan))
@@ -752,12 +768,15 @@ class Hostile:
         if op in ("mutate", "quiet"):
             vchan = self._vchan()
             violations = vchan.violations()
+            if violations:  # perhaps offered afresh: a scribble now could answer the new offer
+                dropped = vchan.dropped()
+                return {"done": [], "count": 0, "violations": violations, "dropped": dropped}
             if op == "mutate":
                 reply: Json = {"done": self.mutate(command["count"])}
             else:
                 reply = self.quiet(command["seconds"])
             vchan.take_snapshot()
-            return {**reply, "violations": violations}
+            return {**reply, "violations": [], "dropped": False}
         if op == "pin":
             return await self.pin(command["victim"], command["path"], command["seconds"])
         if op == "stall":
