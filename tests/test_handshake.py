@@ -105,10 +105,49 @@ async def test_a_connection_costs_few_xenstore_requests(sim: SimulatedHost) -> N
     assert by_client == Counter({"TRANSACTION_START": 1, "READ": 2, "TRANSACTION_END": 1}), steady
     assert all(r == steady for r in rounds), rounds
     assert opened == Counter({(SERVER, "RM"): 1, (SERVER, "WRITE"): 2, (SERVER, "SET_PERMS"): 2})
-    # Closing withdraws the advertisement it had out (1) and tidies in one transaction.
+    # Closing withdraws the advertisement it had out (1), looks (1) and tidies in one
+    # transaction (start, look and remove at each of the two levels, end).
     tidy = closed - opened - sum(rounds, Counter())
     assert tidy[(SERVER, "TRANSACTION_START")] == 1, tidy
-    assert sum(tidy.values()) <= 7, tidy
+    assert sum(tidy.values()) <= 8, tidy
+
+
+async def test_many_listeners_closing_at_once_tidy_their_directory_cheaply(
+    sim: SimulatedHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Listeners of one server share a directory; when hundreds close at once, those that see
+    siblings leave it to the last, in one request each (a transaction that lists a crowded
+    directory conflicts with every sibling's close: 1000 at once timed out), and the last
+    removes it."""
+    count = 300
+    # Names long enough that the listing needs more than one reply (DIRECTORY_PART).
+    ports = [f"a-listener-with-a-long-name-{i:04}" for i in range(count)]
+    async with backends(sim, SERVER, CLIENT) as (server, _):
+        scopes = [trio.CancelScope() for _ in ports]
+
+        async def listen(port: str, scope: trio.CancelScope) -> None:
+            async with trio_vchan.VchanListener(CLIENT, port, backend=server) as listener:
+                with scope:
+                    await listener.accept()
+            # closed here, not cancelled: the tidy runs in this task
+
+        with trio.fail_after(STEP):
+            async with trio.open_nursery() as nursery:
+                for port, scope in zip(ports, scopes, strict=True):
+                    nursery.start_soon(listen, port, scope)
+                await trio.testing.wait_all_tasks_blocked()
+                sim.reset_xenstore_requests()
+                for scope in scopes:
+                    scope.cancel()
+        closing = sim.xenstore_requests
+        async with XenStoreClient(await sim.backend(0).connect_xenstore()) as xs:
+            assert await xs.directory(f"/local/domain/{SERVER}/data") == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == []
+    # Per listener: withdraw (RM) and one look (DIRECTORY); a few transactions at the end.
+    assert closing[(SERVER, "DIRECTORY_PART")] == 0, closing
+    assert closing[(SERVER, "TRANSACTION_START")] <= count // 10, closing
+    assert sum(closing.values()) <= 3 * count, closing
 
 
 # -- the handshake alone, with advertisements in memory ------------------------------------------

@@ -174,6 +174,17 @@ class XenStoreAdvertisements(Advertisements):
         if not directories:
             return
         xs = await self._xenstore()
+        # Siblings are the common case (a server's listeners share a directory), and a
+        # transaction that lists a crowded directory conflicts with every sibling that
+        # closes meanwhile: one plain look first. Every listener looks after withdrawing its
+        # own node, so the last to withdraw sees the directory empty.
+        try:
+            if await xs.has_children(directories[0]):
+                return
+        except XenStoreError as exc:
+            if exc.errno in (errno.ENOENT, errno.EACCES):  # gone already, or not ours
+                return
+            raise
         async with self._transactions:
             # A conflict means a neighbour changed them meanwhile: look again (the caller
             # bounds the time). Whichever listener of a directory tidies last removes it.
@@ -181,7 +192,7 @@ class XenStoreAdvertisements(Advertisements):
                 tx = await xs.transaction_start()
                 try:
                     for directory in directories:
-                        if await xs.directory(directory, tx=tx):
+                        if await xs.has_children(directory, tx=tx):
                             break
                         await xs.rm(directory, tx=tx)
                 except XenStoreError as exc:

@@ -426,9 +426,16 @@ class ServerPort:
         finally:
             if claim is not None:
                 claim.release()
+                pending, self._pending = self._pending, None  # (a hand-over below resets it)
+
+                async def tidy() -> None:
+                    if pending is not None:  # a withdrawal handed over: our node goes first
+                        await pending.wait()
+                    await self._advertisements.tidy(self._path)
+
                 await cleanup(
                     f"remove the empty directories above {self._path}",
-                    lambda: self._advertisements.tidy(self._path),
+                    tidy,
                     self._hand_over if self._defer is not None else None,
                 )
 

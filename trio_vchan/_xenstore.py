@@ -226,6 +226,16 @@ class XenStoreClient:
             names = split_strings(reply.payload)
         return [name.decode() for name in names]
 
+    async def has_children(self, path: str, *, tx: int = 0) -> bool:
+        """Whether ``path`` has children: one request, however many there are."""
+        try:
+            reply = await self._path_request(MessageType.DIRECTORY, path, tx)
+        except XenStoreError as exc:
+            if exc.errno != errno.E2BIG:
+                raise
+            return True  # too many to list in one reply
+        return bool(split_strings(reply.payload))
+
     async def _directory_parts(self, path: str, tx: int) -> list[bytes]:
         """Read a long child list in pieces with DIRECTORY_PART, as libxenstore does.
 
