@@ -330,6 +330,35 @@ async def test_event_channel_semantics(host: SimulatedHost) -> None:
     b1.close()
 
 
+async def test_the_host_keeps_one_fd_per_eventfd(host: SimulatedHost) -> None:
+    """A connected pair of ports is two eventfds, and the host holds each once (the bound port
+    takes over the one the unbound port kept for it): here, where the domains' processes are
+    the host's, 2 fds per pair for the host and 2 per port for the domains. Either end closing
+    first leaves nothing open, and events still cross both ways."""
+    b0, b1 = host.backend(0), host.backend(1)
+    count = 10
+    before = len(os.listdir("/proc/self/fd"))
+    pairs = []
+    for _ in range(count):
+        server = b0.events.bind_unbound(1)
+        pairs.append((server, b1.events.bind_interdomain(0, server.port)))
+    assert len(os.listdir("/proc/self/fd")) - before == count * (2 + 2 * 2)
+    for index, (server, client) in enumerate(pairs):
+        server.notify()
+        client.notify()
+        assert readable(client.fileno())
+        assert readable(server.fileno())
+        client.consume()
+        server.consume()
+        first, second = (server, client) if index % 2 else (client, server)
+        first.close()
+        assert readable(second.fileno())  # the host fired the survivor's own eventfd
+        second.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+    b0.close()
+    b1.close()
+
+
 async def test_a_domain_has_at_most_its_event_channels_lowest_numbers_first() -> None:
     with pytest.raises(ValueError, match="1 to 131072"):
         SimulatedHost(max_event_channels=(1 << 17) + 1)

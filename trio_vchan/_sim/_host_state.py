@@ -83,8 +83,10 @@ class _Port:
     domid: int
     number: int
     remote_domid: int
-    wait_fd: int  # the host's copy of this end's eventfd
-    notify_fd: int  # the host's copy of the other end's eventfd
+    wait_fd: int  # the host's copy of this end's eventfd (the peer's notify fires it)
+    #: While unbound: the eventfd the end that binds to it will wait on (it then becomes that
+    #: port's ``wait_fd``: the host keeps one fd per eventfd, whoever holds it open).
+    spare_fd: int | None
     owner: PlatformConnection
     state: PortState = PortState.UNBOUND
     peer: _Port | None = None
@@ -328,7 +330,7 @@ class PlatformState:
     # -- event channels ---------------------------------------------------------------------------
 
     def _new_port(
-        self, conn: PlatformConnection, remote_domid: int, wait_fd: int, notify_fd: int
+        self, conn: PlatformConnection, remote_domid: int, wait_fd: int, spare_fd: int | None
     ) -> _Port:
         domain = self.domains[conn.domid]
         # The lowest free number, as Xen allocates them.
@@ -337,7 +339,7 @@ class PlatformState:
         else:
             number = domain.next_port
             domain.next_port += 1
-        port = _Port(conn.domid, number, remote_domid, wait_fd, notify_fd, conn)
+        port = _Port(conn.domid, number, remote_domid, wait_fd, spare_fd, conn)
         domain.ports[number] = port
         conn.ports[number] = port
         return port
@@ -371,19 +373,16 @@ class PlatformState:
                 f"port {number} of domain {remote_domid} is not unbound for domain {conn.domid}",
             )
         self._check_port_space(conn)
-        wait_fd = os.dup(target.notify_fd)
-        try:
-            notify_fd = os.dup(target.wait_fd)
-        except BaseException:
-            os.close(wait_fd)
-            raise
+        wait_fd = target.spare_fd
+        assert wait_fd is not None  # an unbound port holds it until now
         # Notifies sent before anyone was bound here are dropped, as Xen drops them.
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(wait_fd)
-        port = self._new_port(conn, remote_domid, wait_fd, notify_fd)
+        port = self._new_port(conn, remote_domid, wait_fd, None)
+        target.spare_fd = None  # port owns it now
         port.peer, target.peer = target, port
         port.state = target.state = PortState.CONNECTED
-        return Result(ok((port.number,)), [wait_fd, notify_fd])
+        return Result(ok((port.number,)), [wait_fd, target.wait_fd])
 
     def _own_port(self, conn: PlatformConnection, number: int) -> _Port:
         port = conn.ports.get(number)
@@ -417,8 +416,7 @@ class PlatformState:
         port.peer = None
         if peer is not None:
             peer.peer = None
-        close_quietly([port.wait_fd])
-        close_quietly([port.notify_fd])
+        close_quietly([port.wait_fd] if port.spare_fd is None else [port.wait_fd, port.spare_fd])
 
     # -- grants -----------------------------------------------------------------------------------
 
@@ -550,7 +548,7 @@ class PlatformState:
             port = notify.port
             if port is not None:  # UNMAP_NOTIFY_SEND_EVENT
                 if port.peer is not None and not port.peer.closed:
-                    _fire(port.notify_fd)
+                    _fire(port.peer.wait_fd)
                 self._drop_hold(port)
         domain = held.grants[0].table
         for grant in held.grants:
