@@ -6,7 +6,8 @@ C call over a ``struct vchan_end`` (this side's private copy of its indices and 
 its role), with libxenvchan's orderings (``xen_mb``/``xen_rmb``/``xen_wmb``):
 
 * ``vchan_send`` and ``vchan_receive``: the peer's live byte, the peer's index (loaded once and
-  checked), the copy, our index published, the notify decision; one call per step.
+  checked), the copy, our index published, the notify decision; one call per step. A large copy
+  is published in parts, and a peer that waits is told after the first (see ``ring_step``).
 * ``vchan_peek``/``vchan_consume`` and ``vchan_commit``: the same steps split around a copy done
   by the caller (into a new ``bytes``, or between the ring and a file descriptor).
 * ``vchan_request_data``/``vchan_request_space``: ask the peer for an event, then look again.
@@ -48,6 +49,7 @@ struct vchan_end {
     uint16_t read_prod, read_cons, write_prod, write_cons;
     uint16_t own_notify, peer_notify, own_live, peer_live;
     uint8_t max_peer_live;  /* 2 where the peer may still be "waiting" (a client), else 1 */
+    uint32_t read_step, write_step;  /* most bytes copied between two publications (0: all) */
 };
 """
 
@@ -166,7 +168,11 @@ static int64_t ready(struct vchan_end *end) {
 }
 
 /* Write what fits of src (with whole: all of it or nothing). Nothing is written to a peer whose
-   live byte says it is gone (0) or is not a live value; the result carries the byte. */
+   live byte says it is gone (0) or is not a live value; the result carries the byte.
+   Large writes go in steps of write_step bytes, prod published after each: a peer that waits
+   for data is told after the first step (we return so that the caller notifies it, and the
+   caller calls again for the rest), so it copies out while we copy in. With whole, every step
+   is written before we return, and the notify decisions are combined. */
 int64_t vchan_send(struct vchan_end *end, const char *src, size_t length, int whole) {
     uint8_t live = peer_live(end);
     if (live == 0 || live > end->max_peer_live)
@@ -177,35 +183,51 @@ int64_t vchan_send(struct vchan_end *end, const char *src, size_t length, int wh
     size_t count = (size_t)room < length ? (size_t)room : length;
     if (count == 0 || (whole && count < length))
         return RESULT(0, live, 0);
-    uint32_t start = end->prod & (end->write_size - 1);
-    size_t first = end->write_size - start;
-    if (first > count)
-        first = count;
-    memcpy(end->write_ring + start, src, first);
-    memcpy(end->write_ring, src + first, count - first);
-    end->prod += (uint32_t)count;
-    return RESULT(count, live, publish(end, end->write_prod, end->prod, VCHAN_NOTIFY_WRITE));
+    size_t done = 0;
+    int notify = 0;
+    while (done < count && (whole || !notify)) {
+        size_t step = end->write_step && end->write_step < count - done ? end->write_step
+                                                                        : count - done;
+        uint32_t start = end->prod & (end->write_size - 1);
+        size_t first = end->write_size - start;
+        if (first > step)
+            first = step;
+        memcpy(end->write_ring + start, src + done, first);
+        memcpy(end->write_ring, src + done + first, step - first);
+        end->prod += (uint32_t)step;
+        done += step;
+        notify |= publish(end, end->write_prod, end->prod, VCHAN_NOTIFY_WRITE);
+    }
+    return RESULT(done, live, notify);
 }
 
-/* Copy up to max waiting bytes into dst and consume them. */
+/* Copy up to max waiting bytes into dst and consume them, in steps of read_step bytes with cons
+   published after each: a peer that waits for room is told after the first step (we return
+   what we took so far, and the caller notifies it), so that it refills while we copy out. */
 int64_t vchan_receive(struct vchan_end *end, uint8_t *dst, size_t max) {
     uint8_t live = peer_live(end);
     int64_t waiting = ready(end);
     if (waiting < 0)
         return waiting;
     size_t count = (size_t)waiting < max ? (size_t)waiting : max;
-    if (count == 0)
-        return RESULT(0, live, 0);
-    uint32_t start = end->cons & (end->read_size - 1);
-    size_t first = end->read_size - start;
-    if (first > count)
-        first = count;
-    memcpy(dst, end->read_ring + start, first);
-    memcpy(dst + first, end->read_ring, count - first);
-    /* Full barrier: finish reading the data before the peer may overwrite it. */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    end->cons += (uint32_t)count;
-    return RESULT(count, live, publish(end, end->read_cons, end->cons, VCHAN_NOTIFY_READ));
+    size_t done = 0;
+    int notify = 0;
+    while (done < count && !notify) {
+        size_t step = end->read_step && end->read_step < count - done ? end->read_step
+                                                                      : count - done;
+        uint32_t start = end->cons & (end->read_size - 1);
+        size_t first = end->read_size - start;
+        if (first > step)
+            first = step;
+        memcpy(dst + done, end->read_ring + start, first);
+        memcpy(dst + done + first, end->read_ring, step - first);
+        /* Full barrier: finish reading the data before the peer may overwrite it. */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        end->cons += (uint32_t)step;
+        done += step;
+        notify = publish(end, end->read_cons, end->cons, VCHAN_NOTIFY_READ);
+    }
+    return RESULT(done, live, notify);
 }
 
 /* The peer's live byte and how much is waiting, for a caller that copies the data itself

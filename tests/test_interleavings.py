@@ -311,6 +311,9 @@ class Scenario:
     sender: Sender = send_all_then_close
     receiver: Receiver = receive_some
     bound: int = PREEMPTION_BOUND
+    #: The copies go in the rings' quarter steps, as shipped; else a whole ring per step (the
+    #: same code with fewer steps, so that the larger scenarios stay quick).
+    steps: bool = False
 
 
 SCENARIOS = {
@@ -336,7 +339,31 @@ SCENARIOS = {
         receiver=receive_into,
         bound=min(PREEMPTION_BOUND, 2),
     ),
+    # large copies in quarter-ring steps, each side told after the first step it waited for
+    "steps": Scenario(
+        RingOrders(10, 11),
+        payload=1100,
+        write_chunk=1100,
+        read_chunk=1024,
+        bound=min(PREEMPTION_BOUND, 2),
+        steps=True,
+    ),
+    "steps-into": Scenario(
+        RingOrders(10, 11),
+        payload=1100,
+        write_chunk=1100,
+        read_chunk=1024,
+        receiver=receive_into,
+        bound=min(PREEMPTION_BOUND, 2),
+        steps=True,
+    ),
 }
+
+
+def whole_ring_steps(ring: RingEndpoint) -> None:
+    """Copy a whole ring per step (C steps, read's cap) instead of a quarter."""
+    ring._end.read_step = ring._end.write_step = 0  # 0: all at once
+    ring._read_step = ring.read_size
 
 
 def run_once(
@@ -345,6 +372,9 @@ def run_once(
     ctl = Controller(schedule)
     with stepping_native.use(monkeypatch, ctl.step):
         pair = make_pair(scenario.orders)
+        if not scenario.steps:
+            whole_ring_steps(pair.client)
+            whole_ring_steps(pair.server)
         # worker 0 is the client (it sends), worker 1 the server (it receives)
         sender = _stream(ctl, pair.client, 0, needs=0)
         exact = scenario.receiver is receive_exactly

@@ -24,7 +24,7 @@ from trio_vchan._layout import (
     choose_orders,
     in_page_ring,
 )
-from trio_vchan._ring import RingEndpoint
+from trio_vchan._ring import RingEndpoint, ring_step
 
 # ocaml-vchan's interesting sizes: 1024/2048/4096 pairs, flipped, then off by one.
 _BASE = [(1024, 2048), (2048, 1024), (4096, 4096), (1024, 4096), (4096, 2048)]
@@ -45,9 +45,12 @@ def put(ring: RingEndpoint, data: bytes) -> Any:
 def test_round_trip_with_wrap_and_notify_bits() -> None:
     pair = make_pair(RingOrders(10, 11))
     server, client = pair.server, pair.client
-    # The server's initial page asks the client to notify on write (cli_notify = WRITE).
+    # The server's initial page asks the client to notify on write (cli_notify = WRITE): the
+    # write stops after its first step (a quarter of the ring), to be told now.
     first = put(client, b"x" * 1000)
-    assert (first.accepted, first.notify_peer) == (1000, True)
+    assert (first.accepted, first.notify_peer) == (ring_step(1024), True)
+    rest = put(client, b"x" * (1000 - first.accepted))
+    assert (rest.accepted, rest.notify_peer) == (1000 - first.accepted, False)
     assert server.read(600).data == b"x" * 600
     # Nobody asked again, so no second notification.
     assert put(client, bytes(range(256)) * 3).accepted == 624
@@ -69,17 +72,37 @@ def test_request_notify_reports_data_that_raced_in() -> None:
 
 def test_space_notify_after_a_full_ring() -> None:
     pair = make_pair(RingOrders(10, 11))
-    assert put(pair.server, b"a" * 5000).accepted == 2048
+    assert put(pair.server, b"a" * 5000).accepted == ring_step(2048)  # the client asked
+    assert put(pair.server, b"a" * 5000).accepted == 2048 - ring_step(2048)
     assert pair.server.request_space_notify() == 0
     result = pair.client.read(10)
     assert result.notify_peer is True
     assert pair.server.request_space_notify() == 10
 
 
+def test_a_large_read_while_the_writer_waits_takes_a_step_first() -> None:
+    """The writer is told after a quarter of the ring is free, and refills while the reader
+    takes the rest; asked to, read takes all at once (receive_exactly needs that)."""
+    for read in ("read", "read_into", "at_once"):
+        pair = make_pair(RingOrders(10, 11))
+        assert put(pair.server, b"a" * 2048).accepted + put(pair.server, b"a" * 2048).accepted
+        assert pair.server.request_space_notify() == 0  # it waits for room
+        if read == "read_into":
+            buffer = memoryview(bytearray(4096))
+            count, notify, _ = pair.client.read_into(buffer)
+        else:
+            result = pair.client.read(4096, at_once=read == "at_once")
+            count, notify = len(result.data), result.notify_peer
+        assert (count, notify) == (2048 if read == "at_once" else ring_step(2048), True)
+        assert pair.client.data_ready() == 2048 - count
+        assert len(pair.client.read(4096).data) == 2048 - count  # nobody waits now: all of it
+
+
 def test_indices_wrap_at_2_to_the_32() -> None:
     pair = make_pair(RingOrders(11, 10), start_index=2**32 - 700)
     payload = bytes(range(251)) * 8
-    assert put(pair.client, payload).accepted == 2008
+    first = put(pair.client, payload).accepted  # a step: the server's page asks for an event
+    assert first + put(pair.client, payload[first:]).accepted == 2008
     assert pair.server.read(4096).data == payload[:2008]
     assert pair.page[LEFT_PROD : LEFT_PROD + 4].tobytes() == (1308).to_bytes(4, "little")
 
@@ -211,7 +234,9 @@ class RingMachine(RuleBasedStateMachine):
         queue = self.to_client if role is Role.SERVER else self.to_server
         free = self.capacity(role) - len(queue)
         result = self.endpoint(role).write(memoryview(data))
-        assert result.accepted == min(count, free)
+        # A peer that asked for an event is told after the first step.
+        step = ring_step(self.capacity(role)) if result.notify_peer else count
+        assert result.accepted == min(count, free, step)
         queue.extend(data[: result.accepted])
         if result.notify_peer:
             self.event[self.peer(role)] = True
@@ -222,7 +247,9 @@ class RingMachine(RuleBasedStateMachine):
             return
         queue = self.to_server if role is Role.SERVER else self.to_client
         result = self.endpoint(role).read(count)
-        expected = bytes(queue.popleft() for _ in range(min(count, len(queue))))
+        # A writer that waits for room is told after the first step.
+        step = ring_step(self.endpoint(role).read_size) if result.notify_peer else count
+        expected = bytes(queue.popleft() for _ in range(min(count, len(queue), step)))
         assert result.data == expected
         if result.notify_peer:
             self.event[self.peer(role)] = True

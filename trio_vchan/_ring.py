@@ -29,7 +29,7 @@ from typing import NamedTuple, final
 
 from ._compiled import native as _native
 from ._errors import ProtocolError
-from ._layout import MAX_RING_SIZE, OFFSETS, PAGE_SIZE, SMALL_RING_SIZE, Live, Role
+from ._layout import MAX_RING_SIZE, OFFSETS, PAGE_SIZE, SMALL_RING_SIZE, Live, NotifyBit, Role
 
 # Module attributes, so that tests can run the same code over an instrumented build of the C
 # steps (tests/test_interleavings.py); each RingEndpoint keeps the pair it was made with.
@@ -60,6 +60,14 @@ class WriteResult(NamedTuple):
 _LIVE_VALUES = tuple(Live)
 _new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 _LIVE_FIELD = 0xFF  # bits 1..8 of a step's result
+_NOTIFY_READ = int(NotifyBit.READ)  # set in our notify byte: the peer waits for room
+
+
+def ring_step(size: int) -> int:
+    """The most bytes one copy moves through a ring of ``size`` before publishing them: a
+    quarter of the ring, so that both ends copy at once (copying a whole ring before publishing
+    leaves each end waiting while the other copies)."""
+    return size // 4
 
 
 def _wrapped(ring: memoryview, index: int, count: int) -> list[memoryview]:
@@ -121,6 +129,8 @@ class RingEndpoint:
         end.own_live, end.peer_live = at.own_live, at.peer_live
         # A client's live byte is WAITING until it connects; the server's never is.
         end.max_peer_live = Live.WAITING if role is Role.SERVER else Live.CONNECTED
+        end.read_step, end.write_step = ring_step(self.read_size), ring_step(self.write_size)
+        self._read_step: int = end.read_step
         # Our own indices: read once here (the server may have written before we connected),
         # then only ever written.
         end.cons = lib.vchan_load_acquire_u32(self._pointers[0], at.read_cons)
@@ -170,13 +180,19 @@ class RingEndpoint:
         """Bytes waiting to be read (the peer's ``prod`` read once and checked)."""
         return self._unpack_read(self._lib.vchan_peek(self._end))
 
-    def read(self, max_bytes: int) -> ReadResult:
-        """Consume up to ``max_bytes`` (at least 1) bytes into a new object; empty if none."""
+    def read(self, max_bytes: int, *, at_once: bool = False) -> ReadResult:
+        """Consume up to ``max_bytes`` (at least 1) bytes into a new object; empty if none.
+
+        While the peer waits for room, only a step of a large read is taken (the peer is told
+        and refills while the caller takes the rest), unless ``at_once``.
+        """
         result = self._lib.vchan_peek(self._end)
         count = min(self._unpack_read(result), max_bytes)
         live = self._live(result)
         if count == 0:
             return ReadResult(b"", False, live)
+        if count > self._read_step and not at_once and self._peer_waits_for_room():
+            count = self._read_step  # taken at once, so that it refills while we take the rest
         size = self.read_size
         start = self._end.cons & (size - 1)
         ring = self._read_ring
@@ -190,8 +206,13 @@ class RingEndpoint:
         notify = self._lib.vchan_consume(self._end, count)  # barrier, cons, then the notify bit
         return _new_tuple(ReadResult, (data, bool(notify), live))
 
+    def _peer_waits_for_room(self) -> bool:
+        own_notify = self._end.own_notify
+        return bool(self._lib.vchan_load_u8(self._pointers[0], own_notify) & _NOTIFY_READ)
+
     def read_into(self, buffer: memoryview) -> ReadIntoResult:
-        """Consume up to ``len(buffer)`` bytes into ``buffer`` (writable, byte format)."""
+        """Consume up to ``len(buffer)`` bytes into ``buffer`` (writable, byte format); as
+        :meth:`read`, only a step of a large read while the peer waits for room."""
         with self._ffi.from_buffer(buffer, require_writable=True) as target:
             result = self._lib.vchan_receive(self._end, target, len(buffer))
         count = self._unpack_read(result)
@@ -228,6 +249,8 @@ class RingEndpoint:
     def write(self, data: bytes | bytearray | memoryview, whole: bool = False) -> WriteResult:
         """Copy as much of ``data`` (bytes-like, byte format) as fits into the ring; with
         ``whole``, all of it or nothing. Nothing is written once the peer's byte says EXITED.
+        Without ``whole``, a large write stops after the step that the peer waits for (it is
+        to be told now, and the caller writes the rest).
 
         One C step loads the peer's live byte and ``cons`` once each, copies with wrap-around,
         publishes ``prod`` and takes the notify bit, with libxenvchan's barriers.
