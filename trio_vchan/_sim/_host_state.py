@@ -153,15 +153,30 @@ class _Map:
         return len(self.grants) * PAGE_SIZE
 
 
+@attrs.define
+class _Numbers:
+    """Numbers handed out lowest free first, as Xen hands out ports and grant refs."""
+
+    next: int  # the lowest never handed out
+    free: list[int] = attrs.field(factory=list)  # a heap of those given back
+
+    def take(self) -> int:
+        if self.free:
+            return heapq.heappop(self.free)
+        self.next += 1
+        return self.next - 1
+
+    def give_back(self, number: int) -> None:
+        heapq.heappush(self.free, number)
+
+
 @attrs.define(eq=False)
 class _Domain:
     domid: int
     ports: dict[int, _Port] = attrs.field(factory=dict)
-    free_ports: list[int] = attrs.field(factory=list)  # a heap of closed port numbers
-    next_port: int = 1  # port 0 is never bound, as in Xen
+    port_numbers: _Numbers = attrs.field(factory=lambda: _Numbers(1))  # port 0 is never bound
     grants: dict[int, _Grant] = attrs.field(factory=dict)
-    free_refs: list[int] = attrs.field(factory=list)  # a heap of released refs
-    next_ref: int = FIRST_REF
+    refs: _Numbers = attrs.field(factory=lambda: _Numbers(FIRST_REF))
     destroyed: bool = False
 
 
@@ -333,12 +348,7 @@ class PlatformState:
         self, conn: PlatformConnection, remote_domid: int, wait_fd: int, spare_fd: int | None
     ) -> _Port:
         domain = self.domains[conn.domid]
-        # The lowest free number, as Xen allocates them.
-        if domain.free_ports:
-            number = heapq.heappop(domain.free_ports)
-        else:
-            number = domain.next_port
-            domain.next_port += 1
+        number = domain.port_numbers.take()
         port = _Port(conn.domid, number, remote_domid, wait_fd, spare_fd, conn)
         domain.ports[number] = port
         conn.ports[number] = port
@@ -408,7 +418,7 @@ class PlatformState:
         port.closed = True
         domain = self.domains[port.domid]
         del domain.ports[port.number]
-        heapq.heappush(domain.free_ports, port.number)
+        domain.port_numbers.give_back(port.number)
         peer = port.peer
         if peer is not None and not peer.closed:
             peer.state = PortState.PEER_CLOSED
@@ -458,11 +468,7 @@ class PlatformState:
         memory = _Memory(fd, count)
         grants = []
         for page in range(count):
-            if domain.free_refs:
-                ref = heapq.heappop(domain.free_refs)
-            else:
-                ref = domain.next_ref
-                domain.next_ref += 1
+            ref = domain.refs.take()
             grant = _Grant(conn.domid, ref, remote_domid, memory, page, domain)
             domain.grants[ref] = grant
             grants.append(grant)
@@ -558,7 +564,7 @@ class PlatformState:
                 grant.revoked = True
             if grant.revoked and grant.maps == 0:
                 del domain.grants[grant.ref]
-                heapq.heappush(domain.free_refs, grant.ref)
+                domain.refs.give_back(grant.ref)
         if domain.destroyed and not domain.grants:
             self.dying.remove(domain)
         held.memory.users -= 1
