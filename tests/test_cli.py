@@ -137,7 +137,10 @@ def no_traceback(stderr: bytes) -> None:
 #: What xencat says on stderr, and ``trio-vchan cat`` too (not with ``--quiet``).
 XENCAT_LINES = b"Connected.\nDisconnected.\n"
 
-_NOTICE = re.compile(rb"trio-vchan \w+: waiting for domain \d+ to (serve|connect to) '.*' \(.*\)\n")
+_NOTICE = re.compile(
+    rb"trio-vchan \w+: waiting for domain \d+ to (serve|connect to) '.*' \(.*\)"
+    rb"(; there is no domain .*)?\n"
+)
 
 
 def without_notices(stderr: bytes) -> bytes:
@@ -852,6 +855,33 @@ async def test_a_wait_of_a_second_is_mentioned_once(
         stderr += await read_all(process.stderr)
     assert stderr.count(b"waiting for") == 1
     no_traceback(stderr)
+
+
+@pytest.mark.parametrize("present", [False, True])
+async def test_the_notice_says_when_the_other_domain_does_not_exist(
+    sim: SimulatedHost, present: bool
+) -> None:
+    """Where XenStore lets us look (dom0; a domU's look is refused whether the domain exists
+    or not), a wait for a domain that is not there says so: a wrong number, or one not
+    started yet."""
+    other = sim.backend(7) if present else None  # its first connection makes the domain
+    try:
+        async with cli(domain_environ(sim, 0), "cat", "-l", "7", "nobody") as process:
+            waiting_for = "domain 7 to connect to 'nobody' (/local/domain/0/data/vchan/7/nobody)"
+            absent = (
+                "; there is no domain 7 (yet: /local/domain/7 is not in XenStore); check the"
+                " domain number, or start it"
+            )
+            expected = notice("cat", waiting_for + ("" if present else absent))
+            stderr = await read_until(process.stderr, b"waiting for")
+            if not stderr.endswith(b"\n"):  # the rest of the line
+                stderr += await read_until(process.stderr, b"\n")
+            assert stderr == expected
+            process.terminate()
+            assert await wait(process) == ExitStatus.TERMINATED
+    finally:
+        if other is not None:
+            other.close()
 
 
 @pytest.mark.parametrize(("command", "args", "waiting_for"), ALONE)

@@ -187,7 +187,9 @@ async def _cat(args: argparse.Namespace) -> int:
         notify = None if args.progress is False else _say
         try:
             async with (
-                waiting(wait, give_up_after=args.timeout, notify=notify) as connected,
+                waiting(
+                    wait, give_up_after=args.timeout, notify=notify, backend=backend
+                ) as connected,
                 _open_vchan(args, backend, peer) as vchan,
             ):
                 connected()

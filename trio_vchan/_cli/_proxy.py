@@ -256,7 +256,7 @@ async def _serve_vchan(
         except ValueError as exc:  # a bad argument that the command line let through
             raise CommandError(describe(exc), ExitStatus.USAGE) from None
         wait = Wait.between(backend.domid, peer, args.port, listening=True)
-        listeners.append(_FirstWait(listener, wait, args.timeout, log.note))
+        listeners.append(_FirstWait(listener, wait, args.timeout, log.note, backend))
     domains = ", ".join(map(str, peers))
     plural = "s" if len(peers) > 1 else ""
     log.note(f"serving port {args.port!r} to domain{plural} {domains}, forwarding to {target}")
@@ -276,11 +276,13 @@ class _FirstWait(trio.abc.Listener[VchanStream]):
         wait: Wait,
         timeout: float | None,
         notify: Callable[[str], None],
+        backend: Backend,
     ) -> None:
         self._listener = listener
         self._wait = wait
         self._timeout = timeout
         self._notify = notify
+        self._backend = backend
         self._first = True
 
     async def accept(self) -> VchanStream:
@@ -292,7 +294,7 @@ class _FirstWait(trio.abc.Listener[VchanStream]):
         if not self._first:
             return await self._listener.accept()
         async with waiting(
-            self._wait, give_up_after=self._timeout, notify=self._notify
+            self._wait, give_up_after=self._timeout, notify=self._notify, backend=self._backend
         ) as connected:
             stream = await self._listener.accept()
             connected()
@@ -315,7 +317,9 @@ async def _serve_socket(
             number = log.next_number()
             notify = partial(_numbered, log.note, number)
             try:
-                async with waiting(wait, give_up_after=args.timeout, notify=notify) as connected:
+                async with waiting(
+                    wait, give_up_after=args.timeout, notify=notify, backend=backend
+                ) as connected:
                     vchan = await _api.open_vchan_stream(server, args.port, backend=backend)
                     connected()
             except GaveUp as exc:

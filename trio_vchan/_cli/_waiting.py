@@ -9,10 +9,11 @@ never came instead of hanging.
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
@@ -20,10 +21,16 @@ import trio
 from .._advertisement import REFUSED_ERRNOS
 from .._errors import XenStoreError
 from .._handshake import vchan_path
+from .._xenstore import XenStoreClient
 from ._status import CommandError, ExitStatus, describe
+
+if TYPE_CHECKING:
+    from .._backend import Backend
 
 #: How long a wait goes unmentioned: most connections are made well within it.
 NOTICE_DELAY: Final = 1.0
+#: How long the notice may take to look the other domain up in XenStore.
+LOOKUP_TIME: Final = 1.0
 
 
 @attrs.frozen
@@ -86,9 +93,32 @@ def check_other_domain(own_domid: int, peer: int) -> None:
         )
 
 
+async def absent_domain(backend: Backend, domid: int) -> str:
+    """What the notice adds when domain ``domid`` is not in XenStore (it may not exist yet,
+    or the number is wrong); empty when it is there, or when we may not look."""
+    with trio.move_on_after(LOOKUP_TIME):
+        try:
+            async with XenStoreClient(await backend.connect_xenstore()) as xs:
+                await xs.read(f"/local/domain/{domid}")
+        except XenStoreError as exc:
+            # ENOENT only where we may read /local/domain: elsewhere xenstored says EACCES.
+            if exc.errno == errno.ENOENT:
+                return (
+                    f"; there is no domain {domid} (yet: /local/domain/{domid} is not in"
+                    " XenStore); check the domain number, or start it"
+                )
+        except OSError:
+            pass  # the notice goes out without it
+    return ""
+
+
 @asynccontextmanager
 async def waiting(
-    wait: Wait, *, give_up_after: float | None, notify: Callable[[str], None] | None
+    wait: Wait,
+    *,
+    give_up_after: float | None,
+    notify: Callable[[str], None] | None,
+    backend: Backend | None = None,
 ) -> AsyncIterator[Callable[[], None]]:
     """Surround the setup of a vchan, and whatever follows it in the block.
 
@@ -103,6 +133,8 @@ async def waiting(
         wait: what the setup waits for, for the messages.
         give_up_after: ``--timeout``: seconds to wait at most; None waits for ever.
         notify: prints a line (None: ``--quiet``).
+        backend: where to look the other domain up for the notice (it says when XenStore
+            has no such domain).
 
     Raises:
         GaveUp: ``give_up_after`` ran out before ``connected`` was called.
@@ -123,9 +155,12 @@ async def waiting(
     async def say_once() -> None:
         with notice:
             await trio.sleep(NOTICE_DELAY)
+            if notify is None:
+                return
+            absent = "" if backend is None else await absent_domain(backend, wait.peer)
             # Both deadlines may pass at once on a busy machine: then only give up.
-            if notify is not None and not give_up.cancel_called:
-                notify(f"waiting for {wait}")
+            if not give_up.cancel_called:
+                notify(f"waiting for {wait}{absent}")
 
     async with trio.open_nursery() as nursery:
         with give_up:  # its clock starts here, as the notice's
