@@ -167,6 +167,9 @@ static int64_t ready(struct vchan_end *end) {
     return ready;
 }
 
+/* The bytes the next step of a copy moves: at most step (0: no limit) of the left ones. */
+static size_t next_step(uint32_t step, size_t left) { return step && step < left ? step : left; }
+
 /* Write what fits of src (with whole: all of it or nothing). Nothing is written to a peer whose
    live byte says it is gone (0) or is not a live value; the result carries the byte.
    Large writes go in steps of write_step bytes, prod published after each: a peer that waits
@@ -186,8 +189,7 @@ int64_t vchan_send(struct vchan_end *end, const char *src, size_t length, int wh
     size_t done = 0;
     int notify = 0;
     while (done < count && (whole || !notify)) {
-        size_t step = end->write_step && end->write_step < count - done ? end->write_step
-                                                                        : count - done;
+        size_t step = next_step(end->write_step, count - done);
         uint32_t start = end->prod & (end->write_size - 1);
         size_t first = end->write_size - start;
         if (first > step)
@@ -213,8 +215,7 @@ int64_t vchan_receive(struct vchan_end *end, uint8_t *dst, size_t max) {
     size_t done = 0;
     int notify = 0;
     while (done < count && !notify) {
-        size_t step = end->read_step && end->read_step < count - done ? end->read_step
-                                                                      : count - done;
+        size_t step = next_step(end->read_step, count - done);
         uint32_t start = end->cons & (end->read_size - 1);
         size_t first = end->read_size - start;
         if (first > step)

@@ -359,7 +359,6 @@ SCENARIOS = {
 def whole_ring_steps(ring: RingEndpoint) -> None:
     """Copy a whole ring per step (C steps, read's cap) instead of a quarter."""
     ring._end.read_step = ring._end.write_step = 0  # 0: all at once
-    ring._read_step = ring.read_size
 
 
 def run_once(

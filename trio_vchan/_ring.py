@@ -130,7 +130,6 @@ class RingEndpoint:
         # A client's live byte is WAITING until it connects; the server's never is.
         end.max_peer_live = Live.WAITING if role is Role.SERVER else Live.CONNECTED
         end.read_step, end.write_step = ring_step(self.read_size), ring_step(self.write_size)
-        self._read_step: int = end.read_step
         # Our own indices: read once here (the server may have written before we connected),
         # then only ever written.
         end.cons = lib.vchan_load_acquire_u32(self._pointers[0], at.read_cons)
@@ -191,8 +190,9 @@ class RingEndpoint:
         live = self._live(result)
         if count == 0:
             return ReadResult(b"", False, live)
-        if count > self._read_step and not at_once and self._peer_waits_for_room():
-            count = self._read_step  # taken at once, so that it refills while we take the rest
+        step = self._end.read_step
+        if step and count > step and not at_once and self._peer_waits_for_room():
+            count = step  # taken at once, so that it refills while we take the rest
         size = self.read_size
         start = self._end.cons & (size - 1)
         ring = self._read_ring

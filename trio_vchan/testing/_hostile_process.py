@@ -106,8 +106,6 @@ _WEIGHTS: Final = {
 }
 #: Kinds left out of a quiet phase: they send events or end the vchan.
 _LOUD: Final = frozenset({"events", "close", "exit"})
-#: What mutate says when it stopped because the victim closed its end of our event channel.
-_STOPPED: Final = "stopped: the victim closed its port"
 _INDEX_FIELDS: Final = {
     "left.cons": LEFT_CONS,
     "left.prod": LEFT_PROD,
@@ -588,7 +586,7 @@ class Hostile:
             # The victim may reset the pages to offer them afresh: hands off. (Not while
             # quiet: asking the host costs the victim's host CPU, which a quiet phase measures.)
             if not quiet and vchan.dropped():
-                done.append(_STOPPED)
+                done.append("stopped: the victim closed its port")
                 break
             (kind,) = self.rng.choices(kinds, weights)
             function: Callable[[_Vchan], str] = getattr(self, f"_{kind}")
