@@ -20,7 +20,7 @@ from raw_xenstore import RawConnection
 from sim_agent import AgentError, agent
 
 from trio_vchan import XenStoreError
-from trio_vchan._sim import _xenstored, _xs_transactions
+from trio_vchan._sim import _xenstored, _xs_connection, _xs_transactions
 from trio_vchan._xenstore import EVENT_QUEUE_MAX, WatchEvent, XenStoreClient
 from trio_vchan._xs_wire import Access, Message, MessageType, Permission
 from trio_vchan.sim import SimulatedHost
@@ -467,3 +467,37 @@ async def test_watch_events_a_full_socket_did_not_take_arrive_once_the_client_re
                 event = await watcher.receive()
                 assert event is not None
                 assert event.type == MessageType.WATCH_EVENT, event
+
+
+async def test_a_client_that_reads_its_replies_late_gets_every_one_in_order(
+    host: SimulatedHost,
+) -> None:
+    # More requests than the outbox holds, sent without reading a reply: the host must stop
+    # reading requests while the socket does not take its replies (so its outbox stays
+    # bounded), and go on once the client reads, rather than drop the client.
+    host.add_domain(1)
+    path = os.path.join(host.directory, "domains", "1", "xenstore")
+    client = RawConnection(await trio.open_unix_socket(path))
+    node = "data/" + "n" * 1000  # long requests: a 64 KiB read holds about 64
+    count = _xs_connection.OUTBOX_MAX + 500
+    async with client.stream:
+        reply = await client.request(MessageType.WRITE, f"{node}\0".encode() + b"v" * 2000)
+        assert reply.type == MessageType.WRITE, reply
+
+        async def send_all() -> None:
+            for i in range(count):
+                await client.send(MessageType.READ, f"{node}\0".encode(), req_id=i)
+
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all)
+                await trio.sleep(0.5)  # let the host's socket buffer fill
+                for i in range(count):
+                    late = await client.receive()
+                    assert late is not None, f"dropped after {i} replies"
+                    assert (late.type, late.req_id, len(late.payload)) == (
+                        MessageType.READ,
+                        i,
+                        2000,
+                    )
+        assert (await client.request(MessageType.RM, f"{node}\0".encode())).type == MessageType.RM

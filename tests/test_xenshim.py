@@ -228,6 +228,37 @@ async def test_map_grant_refs_says_why_it_failed(gnt_map: Path, sim: SimulatedHo
     assert "gnt-map: xengnttab_map_grant_refs: Permission denied" in err
 
 
+async def test_unmaps_are_done_at_the_host_when_the_last_close_returns(
+    gnt_map: Path, sim: SimulatedHost
+) -> None:
+    """The shim sends releases without waiting for their replies, but reads them all by the
+    time the process's last handle closes: from then on the host holds none of its mappings,
+    while the process lives on (a peer may already rely on the unmap-notify having run).
+
+    Releases the shim left unanswered could still reach the host before this test looks, so
+    it looks after each of several runs."""
+    share = sim.backend(1).memory.share(3, 2)
+    try:
+        for _ in range(6):
+            with trio.fail_after(TIMEOUT):
+                process = await trio.lowlevel.open_process(
+                    joined(sim, 3, gnt_map, "one", *(f"1:{ref}" for ref in share.refs)),
+                    env=clean_environ() | {"GNT_MAP_HOLD": "1"},
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+                assert process.stdin is not None
+                try:
+                    lines = await output_until(process, "closed")
+                    assert lines[-2:] == ["unmapped", "closed"]
+                    assert [line for line in sim.leaks() if "mapping" in line] == []
+                finally:
+                    await process.stdin.aclose()
+                    assert await process.wait() == 0
+    finally:
+        share.close()
+
+
 async def test_other_calls_fail_with_enosys_and_say_so(gnt_map: Path, sim: SimulatedHost) -> None:
     status, out, err = await run(joined(sim, 3, gnt_map, "others"))
     assert status == 0, err

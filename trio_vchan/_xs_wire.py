@@ -160,7 +160,11 @@ class Message:
             raise ValueError(
                 f"payload must be at most {PAYLOAD_MAX} bytes, not {len(self.payload)}"
             )
-        return Header(self.type, self.req_id, self.tx_id, len(self.payload)).pack() + self.payload
+        try:
+            head = _HEADER.pack(self.type, self.req_id, self.tx_id, len(self.payload))
+        except struct.error:
+            raise ValueError(f"header fields must be uint32s, not {self!r}") from None
+        return head + self.payload
 
 
 @final
@@ -196,18 +200,18 @@ class MessageDecoder:
             raise self._error
         if len(self._buffer) < HEADER_SIZE:
             return None
-        header = Header.unpack(self._buffer)
-        if header.len > self._max_payload:
+        kind, req_id, tx_id, length = _HEADER.unpack_from(self._buffer)  # a Header's fields
+        if length > self._max_payload:
             self._error = ProtocolError(
-                f"message announces a {header.len}-byte payload; the limit is {self._max_payload}"
+                f"message announces a {length}-byte payload; the limit is {self._max_payload}"
             )
             raise self._error
-        end = HEADER_SIZE + header.len
+        end = HEADER_SIZE + length
         if len(self._buffer) < end:
             return None
         payload = bytes(self._buffer[HEADER_SIZE:end])
         del self._buffer[:end]
-        return Message(header.type, header.req_id, header.tx_id, payload)
+        return Message(kind, req_id, tx_id, payload)
 
 
 def join_strings(parts: Iterable[bytes | str]) -> bytes:

@@ -7,7 +7,8 @@
  *       xengnttab_map_domain_grant_refs (all as the first ref's domain) or one
  *       xengnttab_map_grant_ref per ref; print "page I CRC" (zlib's CRC-32 of page I, hex);
  *       write I + 1 into the last byte of page I; unmap (xengnttab_unmap or munmap); print
- *       "unmapped".
+ *       "unmapped"; close the handle. With GNT_MAP_HOLD set, then print "closed" and wait for
+ *       the end of stdin before exiting.
  *   gnt-map others
  *       call the rest of the libraries' functions; print "NAME RESULT ERRNO" for each.
  *
@@ -132,5 +133,11 @@ int main(int argc, char **argv)
     }
     printf("unmapped\n");
     xengnttab_close(xgt);
+    if (getenv("GNT_MAP_HOLD")) { /* say so, then live on until stdin closes */
+        printf("closed\n");
+        fflush(stdout);
+        while (getchar() != EOF)
+            ;
+    }
     return 0;
 }

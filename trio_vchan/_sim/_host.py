@@ -598,12 +598,15 @@ async def _send_reply(sock: socket.socket, result: Result) -> None:
             return
 
 
+_TRUNCATED: Final = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)  # an int: flags are one
+
+
 def _answer_message(data: bytes, ancdata: Ancillary, flags: int, answer: _Answer) -> Result | None:
     """The reply to one received message; None ends the connection."""
     close_quietly(received_fds(ancdata))  # clients send no fds; don't keep any
     if not data:
         return None  # end of file (or a forbidden empty message)
-    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+    if flags & _TRUNCATED:
         return Result(Reply(errno.EMSGSIZE, message="request too long"))
     try:
         return answer(data)

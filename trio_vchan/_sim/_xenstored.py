@@ -83,7 +83,7 @@ _PRIVILEGED_OPS: Final = frozenset(
     }
 )
 # Each type code's MessageType (a dict: MessageType(code) is slow).
-_OPS: Final = {op.value: op for op in MessageType}
+_OPS: Final = {op.value: (op, op.name) for op in MessageType}  # the name, as counted
 # Operations that ignore the header's tx_id.
 _NO_TX_OPS: Final = frozenset({MessageType.WATCH, MessageType.UNWATCH})
 
@@ -286,8 +286,12 @@ class XenStoreServer:
     def _process(self, conn: Connection, request: Message) -> Message:
         """Count and handle one request, and return its reply."""
         known = _OPS.get(request.type)
-        self.requests[conn.domid, str(request.type) if known is None else known.name] += 1
-        op = MessageType.INVALID if known is None else known
+        if known is None:
+            self.requests[conn.domid, str(request.type)] += 1
+            op = MessageType.INVALID
+        else:
+            op, name = known
+            self.requests[conn.domid, name] += 1
         try:
             payload = self._dispatch(conn, op, request)
         except Failure as failure:

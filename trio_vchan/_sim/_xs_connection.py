@@ -49,7 +49,7 @@ class Connection:
         self._outbox: trio.MemorySendChannel[bytes] | None = None  # for other streams
         self._fd = -1  # the socket's, when serving one
         self._pending: collections.deque[bytes] = collections.deque()  # what it did not take
-        self._reading: trio.CancelScope | None = None  # while waiting for a request
+        self._reading: trio.CancelScope | None = None  # while reading requests
 
     def send(self, data: bytes) -> None:
         """Send ``data`` or queue it; drop the connection if it does not read what it is sent."""
@@ -115,31 +115,47 @@ class Connection:
 
     async def _serve_socket(self, handle: Callable[[Connection, Message], None]) -> None:
         decoder = MessageDecoder()
+        while True:
+            # One cancel scope per stall of the outbox, not per request: send() cancels it
+            # when the socket does not take a reply, and only then does this task wait for
+            # the socket to take the rest before it reads on.
+            stalled = True  # unless it returns: send() cancelled the wait for a request
+            with trio.CancelScope() as self._reading:
+                stalled = await self._read_requests(decoder, handle)
+            self._reading = None
+            if not stalled and not self._pending:
+                return
+            while self._pending:
+                await trio.lowlevel.wait_writable(self._fd)
+                if not self._write_pending():
+                    return
+
+    async def _read_requests(
+        self, decoder: MessageDecoder, handle: Callable[[Connection, Message], None]
+    ) -> bool:
+        """Handle requests until the outbox holds something (True), or the client hangs up or
+        breaks the protocol (False); :meth:`send` cancels the wait for a request when it
+        queues something meanwhile."""
         fd = self._fd
         waited = True
         while True:
-            if self._pending:
-                await trio.lowlevel.wait_writable(fd)
-                if not self._write_pending():
-                    return
-                continue
             try:
                 data = os.read(fd, _RECEIVE_SIZE)
             except BlockingIOError:
-                with trio.CancelScope() as self._reading:
-                    await trio.lowlevel.wait_readable(fd)
-                self._reading = None
+                await trio.lowlevel.wait_readable(fd)
                 waited = True
                 continue
             except OSError:
-                return
+                return False
             if not data:
-                return
+                return False
+            if not self._handle_all(decoder, data, handle):
+                return False
+            if self._pending:
+                return True
             if not waited:  # a client whose requests are always there
                 await trio.lowlevel.checkpoint()  # must not keep the others from being served
             waited = False
-            if not self._handle_all(decoder, data, handle):
-                return
 
     def _handle_all(
         self,

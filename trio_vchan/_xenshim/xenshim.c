@@ -19,8 +19,10 @@
  * (idle, holding nothing) after the last xen*_close(), as the next open would only make it
  * again: libxenvchan opens and closes its handles once per connection, and a new platform
  * connection costs the host more than the requests on it; one the host dropped meanwhile is
- * made again. A child of fork() makes its own unless it inherited live handles. When the process dies the host sees that one connection
- * close and releases, in order, every share and mapping (performing the unmap-notifies:
+ * made again. Releases and closes are sent without waiting for their replies (see post()),
+ * which are read with the next request's. A child of fork() makes its own unless it
+ * inherited live handles. When the process dies the host sees that one connection close and
+ * releases, in order, every share and mapping (performing the unmap-notifies:
  * clear the live byte, fire the peer) and then every port. Separate connections for the
  * event-channel and grant handles would let the host close the port first, and the peer
  * would wake before its live byte dropped (Linux avoids that by reference-counting the port
@@ -94,6 +96,7 @@ struct call {
     int fds[2];            /* received fds (-1 if none) */
     int nfds;              /* how many fds the reply must carry */
     int quiet;             /* an error status the caller handles itself: not reported */
+    int quiet_hangup;      /* the host hanging up is no news: not reported */
 };
 
 /* ---- the process's platform connection --------------------------------------------------- */
@@ -131,22 +134,13 @@ static void close_fds(int *fds, int n)
         }
 }
 
-/* Make one request on `fd`; 0, or -1 with errno (the host's errno for an error reply). */
-static int transact(int fd, const char *what, struct call *c)
-{
-    static uint32_t buf[HEADER_WORDS + MAX_PAGES]; /* under `lock` */
-    union {
-        char space[CMSG_SPACE(2 * sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct iovec iov;
-    struct msghdr msg;
-    struct cmsghdr *cmsg;
-    ssize_t n;
-    uint32_t status;
+static uint32_t buf[HEADER_WORDS + MAX_PAGES]; /* one message, either way; under `lock` */
 
-    c->fds[0] = c->fds[1] = -1;
-    c->nout = 0;
+/* Send `c`'s request on `fd`; 0, or -1 with errno. */
+static int send_request(int fd, const char *what, struct call *c)
+{
+    ssize_t n;
+
     if (c->nwords > MAX_PAGES) {
         errno = EINVAL;
         return -1;
@@ -161,7 +155,25 @@ static int transact(int fd, const char *what, struct call *c)
         complain("%s: cannot reach the simulated host: %s", what, strerror(errno));
         return -1;
     }
+    return 0;
+}
 
+/* Receive the reply to `c` on `fd`; 0, or -1 with errno (the host's errno for an error
+ * reply). */
+static int receive_reply(int fd, const char *what, struct call *c)
+{
+    union {
+        char space[CMSG_SPACE(2 * sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov;
+    struct msghdr msg;
+    struct cmsghdr *cmsg;
+    ssize_t n;
+    uint32_t status;
+
+    c->fds[0] = c->fds[1] = -1;
+    c->nout = 0;
     memset(&msg, 0, sizeof msg);
     iov.iov_base = buf;
     iov.iov_len = MESSAGE_MAX;
@@ -192,7 +204,8 @@ static int transact(int fd, const char *what, struct call *c)
     }
     if (n == 0) {
         close_fds(c->fds, 2);
-        complain("%s: the simulated host hung up (has it stopped?)", what);
+        if (!c->quiet_hangup)
+            complain("%s: the simulated host hung up (has it stopped?)", what);
         errno = EPIPE;
         return -1;
     }
@@ -227,6 +240,33 @@ static int transact(int fd, const char *what, struct call *c)
     return 0;
 }
 
+/* Requests sent by post() whose replies are still to be read, and what each did; under
+ * `lock`. Their replies come back in order, before the reply to any later request. */
+#define POSTED_MAX 64
+static const char *posted[POSTED_MAX];
+static unsigned nposted;
+
+/* Read the replies to every posted request, reporting any error (nobody waits for them). */
+static void settle(int fd)
+{
+    for (unsigned i = 0; i < nposted; i++) {
+        struct call c = {.quiet_hangup = 1};
+        if (receive_reply(fd, posted[i], &c) < 0 && errno == EPIPE)
+            break; /* the host hung up: it answers nothing more */
+    }
+    nposted = 0;
+}
+
+/* Make one request on `fd` and wait for its reply; 0, or -1 with errno. */
+static int transact(int fd, const char *what, struct call *c)
+{
+    if (send_request(fd, what, c) < 0)
+        return -1;
+    if (fd == conn)
+        settle(fd); /* a new connection (hello, introduce) has posted nothing */
+    return receive_reply(fd, what, c);
+}
+
 static int request(const char *what, struct call *c)
 {
     int rc;
@@ -239,6 +279,23 @@ static int request(const char *what, struct call *c)
     }
     pthread_mutex_unlock(&lock);
     return rc;
+}
+
+/* Make a request whose result nobody can act on (a release or a close: on Linux an munmap or
+ * an unbind that cannot fail for what the process holds) without waiting for its reply: the
+ * host answers the requests of one connection in order, so every later request still finds
+ * it done, and the reply is read (and an error reported) before the next request's reply, or
+ * when the process's last handle closes. */
+static void post(const char *what, struct call *c)
+{
+    pthread_mutex_lock(&lock);
+    if (conn >= 0) {
+        if (nposted == POSTED_MAX)
+            settle(conn);
+        if (send_request(conn, what, c) == 0)
+            posted[nposted++] = what;
+    }
+    pthread_mutex_unlock(&lock);
 }
 
 static int connect_socket(const char *dir, const char *name)
@@ -329,6 +386,8 @@ static int open_connection(void)
     int fd, rc = 0;
 
     pthread_mutex_lock(&lock);
+    if (conn >= 0 && conn_users == 0)
+        settle(conn); /* normally done already, by the last close */
     if (conn >= 0 && conn_users == 0 && idle_connection_gone()) {
         close(conn); /* the host hung up meanwhile (stopped, or destroyed our domain) */
         conn = -1;
@@ -374,6 +433,18 @@ static void release_connection(void)
     pthread_mutex_lock(&lock);
     if (conn_users)
         conn_users--; /* the connection stays for the next open (see the top of the file) */
+    if (!conn_users && conn >= 0)
+        settle(conn); /* when the last close returns, the host has done everything asked */
+    pthread_mutex_unlock(&lock);
+}
+
+/* Before fork(): read the posted requests' replies, or parent and child could each read the
+ * other's. */
+static void settle_before_fork(void)
+{
+    pthread_mutex_lock(&lock);
+    if (conn >= 0)
+        settle(conn);
     pthread_mutex_unlock(&lock);
 }
 
@@ -393,7 +464,7 @@ __attribute__((constructor)) static void join_host(void)
     uint32_t domid;
     const char *dir;
 
-    pthread_atfork(NULL, NULL, forget_idle_connection);
+    pthread_atfork(settle_before_fork, NULL, forget_idle_connection);
 
     if (!getenv("TRIO_VCHAN_SIM"))
         return; /* nothing to do before the first call; that call reports the problem */
@@ -470,7 +541,7 @@ static void drop_port(xenevtchn_handle *xce, struct port *p)
         ;
     *link = p->next;
     epoll_ctl(xce->epfd, EPOLL_CTL_DEL, p->wait_fd, NULL);
-    request("close an event channel", &c); /* the host fires the other end */
+    post("close an event channel", &c); /* the host fires the other end */
     close(p->wait_fd);
     close(p->notify_fd);
     free(p);
@@ -680,7 +751,7 @@ static void release_handles(const uint32_t *handles, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++) {
         struct call c = {.op = OP_GNT_RELEASE, .arg = {handles[i], 0, 0}};
-        request("release pages", &c);
+        post("release pages", &c);
     }
 }
 
