@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 import trio_vchan
+from trio_vchan._backend import PAGE_SIZE
 from trio_vchan._layout import CLI_LIVE, LEFT_CONS, LEFT_PROD, RIGHT_CONS, RIGHT_PROD
 
 MASK = 0xFFFF_FFFF
@@ -36,35 +37,39 @@ def set_u32(page: memoryview, offset: int, value: int) -> None:
 
 def make_echo(correct: bool) -> Callable[[trio_vchan.VchanStream], Awaitable[None]]:
     async def echo(stream: trio_vchan.VchanStream) -> None:
-        page = stream._endpoint.regions[0].buffer
-        left = stream._endpoint.regions[1].buffer
+        # The one share holds the shared page and then the pages of the ring we read.
+        pages = stream._endpoint.regions[0].buffer
+        async with stream:
+            with pages[:PAGE_SIZE] as page, pages[PAGE_SIZE : PAGE_SIZE + LEFT_SIZE] as left:
+                await echo_loop(page, left)
+
+    async def echo_loop(page: memoryview, left: memoryview) -> None:
         cons = prod = 0
         pending = bytearray()
-        async with stream:
-            while page[CLI_LIVE] == 1:
-                ready = (u32(page, LEFT_PROD) - cons) & MASK
-                if ready > LEFT_SIZE:
-                    return  # that one it checks: the peer broke the protocol
-                for i in range(ready):
-                    pending.append(left[(cons + i) & (LEFT_SIZE - 1)])
-                cons = (cons + ready) & MASK
-                set_u32(page, LEFT_CONS, cons)
-                if correct:
-                    used = (prod - u32(page, RIGHT_CONS)) & MASK
-                    if used > RIGHT_SIZE:
-                        return  # the peer broke the protocol
-                else:  # the planted bug
-                    used = prod - u32(page, RIGHT_CONS)
-                count = max(0, min(len(pending), RIGHT_SIZE - used))
-                start = prod & (RIGHT_SIZE - 1)
-                first = min(count, RIGHT_SIZE - start)
-                page[RIGHT_AT + start : RIGHT_AT + start + first] = pending[:first]
-                rest = count - first  # wraps to the start of the ring
-                page[RIGHT_AT : RIGHT_AT + rest] = pending[first:count]
-                del pending[:count]
-                prod = (prod + count) & MASK
-                set_u32(page, RIGHT_PROD, prod)
-                await trio.sleep(0.001)  # polls: no events needed
+        while page[CLI_LIVE] == 1:
+            ready = (u32(page, LEFT_PROD) - cons) & MASK
+            if ready > LEFT_SIZE:
+                return  # that one it checks: the peer broke the protocol
+            for i in range(ready):
+                pending.append(left[(cons + i) & (LEFT_SIZE - 1)])
+            cons = (cons + ready) & MASK
+            set_u32(page, LEFT_CONS, cons)
+            if correct:
+                used = (prod - u32(page, RIGHT_CONS)) & MASK
+                if used > RIGHT_SIZE:
+                    return  # the peer broke the protocol
+            else:  # the planted bug
+                used = prod - u32(page, RIGHT_CONS)
+            count = max(0, min(len(pending), RIGHT_SIZE - used))
+            start = prod & (RIGHT_SIZE - 1)
+            first = min(count, RIGHT_SIZE - start)
+            page[RIGHT_AT + start : RIGHT_AT + start + first] = pending[:first]
+            rest = count - first  # wraps to the start of the ring
+            page[RIGHT_AT : RIGHT_AT + rest] = pending[first:count]
+            del pending[:count]
+            prod = (prod + count) & MASK
+            set_u32(page, RIGHT_PROD, prod)
+            await trio.sleep(0.001)  # polls: no events needed
 
     return echo
 

@@ -112,6 +112,51 @@ async def test_a_connection_costs_few_xenstore_requests(sim: SimulatedHost) -> N
     assert sum(tidy.values()) <= 8, tidy
 
 
+async def test_a_connection_costs_few_platform_requests(sim: SimulatedHost) -> None:
+    """Per connection, the server grants its page and both rings in one share and binds a
+    port; the client binds, maps the page and each ring; each side releases what it holds."""
+    async with backends(sim, SERVER, CLIENT) as (server, client):
+        listener = trio_vchan.VchanListener(
+            CLIENT, "count", read_size=65536, write_size=65536, backend=server
+        )
+        async with listener, trio.open_nursery() as nursery:
+            accepted = await accept_in_background(nursery, listener)
+            await trio.testing.wait_all_tasks_blocked()
+            for _ in range(2):  # the second as the first: nothing is done once only
+                sim.reset_platform_requests()
+                with trio.fail_after(STEP):
+                    async with (
+                        trio_vchan.connect(SERVER, "count", backend=client) as stream,
+                        await accepted.receive() as served,
+                    ):
+                        await one_round_trip(served, stream)
+                    await trio.testing.wait_all_tasks_blocked()  # advertised afresh
+                counted = sim.platform_requests
+                by_server = Counter({op: n for (d, op), n in counted.items() if d == SERVER})
+                by_client = Counter({op: n for (d, op), n in counted.items() if d == CLIENT})
+                # The next offer's grant and port are made as this one closes.
+                assert by_server == Counter(
+                    {
+                        "GNT_SHARE": 1,
+                        "GNT_RELEASE": 1,
+                        "EVTCHN_BIND_UNBOUND": 1,
+                        "EVTCHN_STATUS": 1,  # while it waits: has the client bound yet?
+                        "EVTCHN_CLOSE": 1,
+                        "GNT_SET_UNMAP_NOTIFY": 1,
+                    }
+                ), counted
+                assert by_client == Counter(
+                    {
+                        "EVTCHN_BIND_INTERDOMAIN": 1,
+                        "GNT_MAP": 3,
+                        "GNT_SET_UNMAP_NOTIFY": 1,
+                        "GNT_RELEASE": 3,
+                        "EVTCHN_CLOSE": 1,
+                    }
+                ), counted
+            nursery.cancel_scope.cancel()
+
+
 async def test_many_listeners_closing_at_once_tidy_their_directory_cheaply(
     sim: SimulatedHost, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -80,9 +80,9 @@ async def advertise(backend: Backend) -> Endpoint:
         async def shared() -> XenStoreClient:
             return xs
 
-        advertised = Advertised(pages.page_share.refs[0], channel.port)
+        advertised = Advertised(pages.share.refs[0], channel.port)
         await XenStoreAdvertisements(backend.domid, shared).publish(PATH, CLIENT, advertised)
-    return Endpoint(Role.SERVER, ring, channel, pages.regions, PATH, CLIENT)
+    return Endpoint(Role.SERVER, ring, channel, [pages.share], PATH, CLIENT)
 
 
 async def remove_vchan_nodes(backend: Backend) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Sequence
 from typing import Final
 
 import attrs
@@ -192,12 +193,12 @@ def read_grants(page: memoryview, orders: RingOrders) -> tuple[list[int], list[i
     return left, right
 
 
-def write_grants(page: memoryview, refs: list[int]) -> None:
+def write_grants(page: memoryview, refs: Sequence[int]) -> None:
     for i, ref in enumerate(refs):
         _GRANT.pack_into(page, GRANTS + 4 * i, ref)
 
 
-def init_server_page(page: memoryview, orders: RingOrders, refs: list[int]) -> None:
+def init_server_page(page: memoryview, orders: RingOrders, refs: Sequence[int]) -> None:
     """Fill in a fresh shared page as a server offers it: zeroed indices, the orders, the
     external rings' grant refs, ``cli_live`` waiting, ``srv_live`` connected, and the server
     asking to hear of the client's writes (as ``libxenvchan_server_init``)."""

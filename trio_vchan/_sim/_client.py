@@ -4,7 +4,10 @@ Theory of operation
 -------------------
 Every call is one short request and reply on the domain's platform connection (a blocking
 ``SOCK_SEQPACKET`` socket; the format is in :mod:`._proto` and ``docs/sim-protocol.md``), so
-the calls are synchronous like the ioctls they stand for. The connection is the process's
+the calls are synchronous like the ioctls they stand for, except that a release of pages is
+sent without waiting for its reply (:meth:`Transport.post`): the host carries out a
+connection's requests in order, so the next request (a vchan's last step, closing its port,
+is one) finds it done. The connection is the process's
 "open device": when it closes, even because the process was killed, the host releases
 everything it holds and performs the unmap-notifies.
 
@@ -74,8 +77,19 @@ class Transport(Protocol):
         """
         ...
 
+    def post(self, request: Request) -> None:
+        """Send ``request`` without waiting for its reply, for a release whose failure nobody
+        could act on: the host answers a connection's requests in order, so every later
+        request finds it done. Its reply is read, and dropped, before the next request's.
+
+        Raises:
+            OSError: the host is gone (``EPIPE``).
+        """
+        ...
+
     def close(self) -> None:
-        """Hang up: the host releases everything this connection holds. Idempotent."""
+        """Hang up, once the host has answered everything posted: the host releases
+        everything this connection still holds. Idempotent."""
         ...
 
 
@@ -92,12 +106,12 @@ class SocketTransport(Transport):
             raise
         # One request at a time, even if a caller uses threads: replies are not tagged.
         self._lock = threading.Lock()
+        self._posted = 0  # requests sent by post() whose replies are still to be read
 
     def request(self, request: Request) -> tuple[Reply, list[int]]:
         with self._lock:
-            if self._sock.fileno() < 0:
-                raise OSError(errno.EPIPE, "this platform connection was closed")
-            self._sock.sendall(request.encode())
+            self._send(request)
+            self._settle()
             data, ancdata, flags, _ = self._sock.recvmsg(MESSAGE_MAX, ANCILLARY_SPACE)
         fds = received_fds(ancdata)
         try:
@@ -107,9 +121,31 @@ class SocketTransport(Transport):
             raise
         return reply, fds
 
+    def post(self, request: Request) -> None:
+        with self._lock:
+            self._send(request)
+            self._posted += 1
+
     def close(self) -> None:
         with self._lock:
+            if self._sock.fileno() >= 0:
+                with contextlib.suppress(OSError):  # a host that hung up answers nothing
+                    self._settle()
             self._sock.close()
+
+    def _send(self, request: Request) -> None:
+        if self._sock.fileno() < 0:
+            raise OSError(errno.EPIPE, "this platform connection was closed")
+        self._sock.sendall(request.encode())
+
+    def _settle(self) -> None:
+        """Read (and drop) the replies to what was posted: they come before any other."""
+        while self._posted:
+            data, ancdata, _, _ = self._sock.recvmsg(MESSAGE_MAX, ANCILLARY_SPACE)
+            close_quietly(received_fds(ancdata))
+            if not data:
+                raise OSError(errno.EPIPE, "the simulated host hung up (has it stopped?)")
+            self._posted -= 1
 
 
 def _decode_reply(data: bytes, flags: int) -> Reply:
@@ -234,6 +270,8 @@ class SimEventChannel(EventChannel):
             return
         self._closed = True
         try:
+            # A request, not a post: a vchan closes its port last, so that once its close
+            # returns, the host has also done the releases posted before it.
             _call(
                 self._transport,
                 f"close port {self._port}",
@@ -343,9 +381,7 @@ class _Region:
     def _release_handle(self) -> None:
         # If the host is gone or the connection closed, it released them already.
         with contextlib.suppress(OSError):
-            _call(
-                self._transport, "release pages", Request(Op.GNT_RELEASE, (self._handle, 0, 0)), 0
-            )
+            self._transport.post(Request(Op.GNT_RELEASE, (self._handle, 0, 0)))
 
 
 @final

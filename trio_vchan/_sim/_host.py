@@ -415,6 +415,21 @@ class SimulatedHost:
         if self._xenstore is not None:
             self._xenstore.requests.clear()
 
+    @property
+    def platform_requests(self) -> collections.Counter[tuple[int, str]]:
+        """How many platform requests the host received, by ``(domid, operation)``: as
+        :attr:`xenstore_requests`, for the event-channel and grant requests of
+        docs/sim-protocol.md (``"GNT_SHARE"``, ``"EVTCHN_CLOSE"``, ...), from every
+        connection (trio-vchan's and the Xen-library shim's) and from this process's own
+        :meth:`backend`. Reset with :meth:`reset_platform_requests`."""
+        with self._platform.lock:
+            return collections.Counter(self._platform.requests)
+
+    def reset_platform_requests(self) -> None:
+        """Set every count of :attr:`platform_requests` back to zero."""
+        with self._platform.lock:
+            self._platform.requests.clear()
+
     async def wait_idle(self) -> None:
         """Wait until no client is connected to any socket of the host.
 

@@ -20,6 +20,7 @@ in place of a socket): the host's in-process backends, and the platform of a
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -56,6 +57,7 @@ EVENT_CHANNELS_DEFAULT: Final = 4096
 #: The most a host may allow: the FIFO event-channel ABI's limit (2**17 ports).
 EVENT_CHANNELS_MAX: Final = 1 << 17
 MAX_HANDLES_PER_CONNECTION: Final = 16384
+_OP_NAMES: Final = {op.value: op.name for op in Op}
 
 
 class _RequestError(Exception):
@@ -210,6 +212,8 @@ class PlatformState:
         self.dying: list[_Domain] = []
         self.connections: set[PlatformConnection] = set()
         self.lock = threading.RLock()
+        #: Requests received, by (domid, operation name), as the XenStore counts its own.
+        self.requests: collections.Counter[tuple[int, str]] = collections.Counter()
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -300,6 +304,7 @@ class PlatformState:
                 request = Request.decode(data)
             except ValueError as exc:
                 return Result(Reply(errno.EINVAL, message=f"malformed request: {exc}"))
+            self.requests[conn.domid, _OP_NAMES.get(request.op) or str(request.op)] += 1
             if conn.closed:
                 return Result(Reply(errno.EPIPE, message="this connection was closed"))
             try:
@@ -601,6 +606,9 @@ class LocalTransport:
             close_quietly(result.temporary)
         # Round-trip the reply through its wire form, as a socket would.
         return Reply.decode(result.reply.encode()), fds
+
+    def post(self, request: Request) -> None:
+        close_quietly(self.request(request)[1])  # at once: no reply to wait for in-process
 
     def close(self) -> None:
         self._platform.disconnect(self._conn)
