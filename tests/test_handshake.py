@@ -72,6 +72,23 @@ async def accept_in_background(
 # -- round trips ----------------------------------------------------------------------------------
 
 
+async def connect_once(client: Backend, accepted: trio.MemoryReceiveChannel[VchanStream]) -> None:
+    """Connect to SERVER's port "count", make one round trip, close, and let the listener
+    advertise afresh."""
+    with trio.fail_after(STEP):
+        async with (
+            trio_vchan.connect(SERVER, "count", backend=client) as stream,
+            await accepted.receive() as served,
+        ):
+            await one_round_trip(served, stream)
+        await trio.testing.wait_all_tasks_blocked()
+
+
+def of_domain(counted: Counter[tuple[int, str]], domid: int) -> Counter[str]:
+    """The counts of ``domid``'s requests, by operation."""
+    return Counter({op: n for (d, op), n in counted.items() if d == domid})
+
+
 async def test_a_connection_costs_few_xenstore_requests(sim: SimulatedHost) -> None:
     """Per connection, the server publishes (4) and withdraws (1); a client that finds the
     advertisement reads it in a transaction (4). A listener clears stale nodes once and tidies
@@ -86,20 +103,13 @@ async def test_a_connection_costs_few_xenstore_requests(sim: SimulatedHost) -> N
             rounds: list[Counter[tuple[int, str]]] = []
             for _ in range(3):
                 before = sim.xenstore_requests
-                with trio.fail_after(STEP):
-                    async with (
-                        trio_vchan.connect(SERVER, "count", backend=client) as stream,
-                        await accepted.receive() as served,
-                    ):
-                        await one_round_trip(served, stream)
-                    await trio.testing.wait_all_tasks_blocked()  # advertised afresh
+                await connect_once(client, accepted)
                 rounds.append(sim.xenstore_requests - before)
             nursery.cancel_scope.cancel()
         closed = sim.xenstore_requests
     # Neither domain is dom0, so neither watches @releaseDomain (only dom0 hears it).
     steady = rounds[-1]
-    by_server = Counter({op: n for (d, op), n in steady.items() if d == SERVER})
-    by_client = Counter({op: n for (d, op), n in steady.items() if d == CLIENT})
+    by_server, by_client = of_domain(steady, SERVER), of_domain(steady, CLIENT)
     assert by_server == Counter({"WRITE": 2, "SET_PERMS": 2, "RM": 1}), steady
     # Both keys read as of one moment: in a transaction (see _advertisement._XenStoreLookup).
     assert by_client == Counter({"TRANSACTION_START": 1, "READ": 2, "TRANSACTION_END": 1}), steady
@@ -124,16 +134,9 @@ async def test_a_connection_costs_few_platform_requests(sim: SimulatedHost) -> N
             await trio.testing.wait_all_tasks_blocked()
             for _ in range(2):  # the second as the first: nothing is done once only
                 sim.reset_platform_requests()
-                with trio.fail_after(STEP):
-                    async with (
-                        trio_vchan.connect(SERVER, "count", backend=client) as stream,
-                        await accepted.receive() as served,
-                    ):
-                        await one_round_trip(served, stream)
-                    await trio.testing.wait_all_tasks_blocked()  # advertised afresh
+                await connect_once(client, accepted)
                 counted = sim.platform_requests
-                by_server = Counter({op: n for (d, op), n in counted.items() if d == SERVER})
-                by_client = Counter({op: n for (d, op), n in counted.items() if d == CLIENT})
+                by_server, by_client = of_domain(counted, SERVER), of_domain(counted, CLIENT)
                 # The next offer's grant and port are made as this one closes.
                 assert by_server == Counter(
                     {
